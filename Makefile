@@ -1,0 +1,39 @@
+# ferpipe: two commands a user needs (see README).
+#   make repro   set up the environment, then `dvc repro` the whole pipeline on the embedded default
+#   make test    set up the environment, then run the test suite (what CI runs)
+# Both reuse an existing .venv: it is rebuilt only when pyproject.toml changes.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.ferpipe-installed
+
+# Offline machines: telemetry must not try to phone home.
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export DVC_NO_ANALYTICS := 1
+export PREFECT_LOGGING_LEVEL ?= WARNING
+
+.PHONY: venv repro test test-fast bench clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	# Their metadata pins torch<2.3 / numpy<2 / opencv-python; they work beside current versions.
+	$(BIN)/pip install --quiet --no-deps facenet-pytorch==2.6.0 insightface==2.1
+	@touch $(STAMP)
+
+repro: $(STAMP)
+	@test -d .dvc || $(BIN)/dvc init --quiet --no-scm 2>/dev/null || true
+	$(BIN)/dvc repro
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m 'not slow' $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)
