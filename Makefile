@@ -25,15 +25,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps facenet-pytorch==2.6.0 insightface==2.1
 	@touch $(STAMP)
 
+# dvc runs each stage's cmd (`ferpipe <stage>`) in a shell: put the venv first on PATH.
+export PATH := $(abspath $(BIN)):$(PATH)
+
 repro: $(STAMP)
-	@test -d .dvc || $(BIN)/dvc init --quiet --no-scm 2>/dev/null || true
-	$(BIN)/dvc repro
+	dvc repro
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m 'not slow' $(PYTEST_ARGS)
+	python -m pytest -m 'not slow' $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

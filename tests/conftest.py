@@ -1,0 +1,17 @@
+import os
+
+import pytest
+
+# Offline machines: Prefect and DVC telemetry must stay off in every test process.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A real Prefect API (a temporary server with its own SQLite DB) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
