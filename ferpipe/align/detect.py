@@ -1,0 +1,153 @@
+"""Batched MTCNN detection (facenet-pytorch's pretrained P/R/O-Nets) and the face choice."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+
+from ferpipe.align.params import AlignParams
+
+# MTCNN's pyramid factor (facenet-pytorch's default); min face sizes are snapped onto it.
+PYRAMID_FACTOR = 0.709
+
+
+@dataclass
+class Detections:
+    """Faces in one image, in the coordinates of the image given to the detector."""
+
+    boxes: np.ndarray  # (n, 4) x1, y1, x2, y2
+    scores: np.ndarray  # (n,)
+    points: np.ndarray  # (n, 5, 2): left eye, right eye, nose, left mouth, right mouth
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def scaled(self, sx: float, sy: float) -> Detections:
+        """Map detector coordinates back to the source: divide by the detection scale."""
+        k = np.array([sx, sy, sx, sy], dtype=np.float32)
+        return Detections(self.boxes / k, self.scores.copy(),
+                          self.points / np.array([sx, sy], dtype=np.float32))
+
+    def filtered(self, min_score: float) -> Detections:
+        keep = self.scores >= min_score
+        return Detections(self.boxes[keep], self.scores[keep], self.points[keep])
+
+
+def empty_detections() -> Detections:
+    return Detections(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32),
+                      np.zeros((0, 5, 2), np.float32))
+
+
+def snapped_min_face_size(det_w: int, det_h: int, frac: float, floor: int,
+                          factor: float = PYRAMID_FACTOR) -> float:
+    """min_face_size for a detection image: ``frac`` of its shorter side, at least ``floor``,
+    snapped down to ``floor / factor**k`` so the P-Net pyramid is a suffix of the one the
+    default (``floor``) run computes: same scales, fewer of them.
+    """
+    target = max(float(floor), frac * min(det_w, det_h))
+    k = max(0, math.floor(math.log(target / floor) / math.log(1.0 / factor) + 1e-9))
+    return floor / factor**k
+
+
+def resolve_device(device: str) -> str:
+    import torch  # noqa: PLC0415
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("align.device is 'cuda' but torch sees no CUDA device; use 'auto' "
+                           "or 'cpu'")
+    return device
+
+
+@lru_cache(maxsize=4)
+def _mtcnn(device: str, thresholds: tuple[float, float, float]):
+    # Loading the nets costs seconds (torchvision import): once per process and device.
+    from facenet_pytorch import MTCNN  # noqa: PLC0415
+
+    return MTCNN(keep_all=True, select_largest=False, thresholds=list(thresholds),
+                 factor=PYRAMID_FACTOR, device=device)
+
+
+class FaceDetector:
+    """Runs MTCNN on many same-size images per forward pass.
+
+    ``detect(images)`` takes a list of HxWx3 uint8 RGB arrays (any sizes): they are grouped
+    by size and each group goes through MTCNN as one batch, in chunks of ``batch_size``.
+    """
+
+    def __init__(self, params: AlignParams):
+        self.params = params
+        self.device = resolve_device(params.device)
+        self.mtcnn = _mtcnn(self.device, tuple(params.thresholds))
+
+    def min_face_size(self, w: int, h: int) -> float:
+        return snapped_min_face_size(w, h, self.params.min_face_frac, self.params.min_face_size)
+
+    def _run(self, batch: np.ndarray, min_face: float) -> list[Detections]:
+        import torch  # noqa: PLC0415
+
+        self.mtcnn.min_face_size = min_face
+        with torch.inference_mode():
+            boxes, probs, points = self.mtcnn.detect(batch, landmarks=True)
+        out = []
+        for b, p, pt in zip(boxes, probs, points):
+            if b is None:
+                out.append(empty_detections())
+                continue
+            out.append(Detections(np.asarray(b, dtype=np.float32).reshape(-1, 4),
+                                  np.asarray(p, dtype=np.float32).reshape(-1),
+                                  np.asarray(pt, dtype=np.float32).reshape(-1, 5, 2)))
+        return out
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        results: list[Detections | None] = [None] * len(images)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault(tuple(im.shape), []).append(i)
+        bs = self.params.batch_size
+        for shape in sorted(groups):
+            idx = groups[shape]
+            min_face = self.min_face_size(shape[1], shape[0])
+            for j in range(0, len(idx), bs):
+                chunk = idx[j:j + bs]
+                dets = self._run(np.stack([images[i] for i in chunk]), min_face)
+                for i, d in zip(chunk, dets):
+                    results[i] = d
+        return results  # type: ignore[return-value]
+
+
+def choose_face(det: Detections, width: int, height: int, params: AlignParams,
+                hint_points: np.ndarray | None = None) -> int | None:
+    """Index of the face that best matches the labelled one (source coordinates).
+
+    With ``hint_points`` (the dataset's own 5 points) and ``choose_by_dataset_points``: the
+    box whose centre is nearest their centroid. Otherwise, ``largest_central``: the highest
+    ``sqrt(area / image area) - center_weight * dist(centre, image centre) / half diagonal``,
+    ``largest``: the same with center_weight 0, ``score``: the detector's probability. Ties
+    (within 1e-6) go to the higher detector probability, then the lower index.
+    """
+    n = len(det)
+    if n == 0:
+        return None
+    cx = (det.boxes[:, 0] + det.boxes[:, 2]) / 2
+    cy = (det.boxes[:, 1] + det.boxes[:, 3]) / 2
+    if hint_points is not None and params.choose_by_dataset_points:
+        hx, hy = np.asarray(hint_points, np.float64).reshape(5, 2).mean(axis=0)
+        crit = -np.hypot(cx - hx, cy - hy)
+    elif params.choose == "score":
+        crit = det.scores.astype(np.float64)
+    else:
+        bw = np.clip(det.boxes[:, 2] - det.boxes[:, 0], 0, None)
+        bh = np.clip(det.boxes[:, 3] - det.boxes[:, 1], 0, None)
+        size = np.sqrt(bw * bh / float(width * height))
+        wcen = 0.0 if params.choose == "largest" else params.center_weight
+        dist = np.hypot(cx - width / 2, cy - height / 2) / (math.hypot(width, height) / 2)
+        crit = size - wcen * dist
+    order = sorted(range(n), key=lambda i: (-round(float(crit[i]) / 1e-6),
+                                            -float(det.scores[i]), i))
+    return order[0]

@@ -1,0 +1,456 @@
+"""The align stage: manifest + raw images -> aligned-face WebDataset shards.
+
+Per shard, images are decoded ahead by a small process pool (bounded window, so memory does
+not grow with the dataset), grouped by detection size and detected many per MTCNN forward
+pass; each chosen face is warped from the full-resolution original and written as
+``<key>.jpg`` / ``<key>.cls`` / ``<key>.json``. Everything about shards (atomic tars, done
+markers, resume, indexes) is :mod:`ferpipe.shards`.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import io
+import json
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import cv2
+import numpy as np
+
+from ferpipe import __version__, shards
+from ferpipe.align import decode as _decode
+from ferpipe.align import warp as _warp
+from ferpipe.align.detect import Detections, FaceDetector, choose_face, empty_detections
+from ferpipe.align.params import AlignParams
+
+STAGE = "align"
+# Params that change speed but not a single output byte: left out of shard fingerprints so
+# a rerun with more threads resumes instead of redoing everything.
+_NON_OUTPUT_PARAMS = ("threads", "decode_workers", "device")
+
+
+@dataclass
+class AlignReport:
+    """What :func:`align_stage` returns (and what a flow publishes)."""
+
+    dataset: str
+    out_dir: str
+    splits: dict[str, dict[str, int]]
+    skipped_by_reason: dict[str, int]
+    noted_by_reason: dict[str, int]
+    failures: list[dict[str, Any]]
+    seconds: float
+    images_processed: int
+    images_per_second: float
+    shards_resumed: int
+    index_sha256: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _r(x: Any, nd: int = 2) -> Any:
+    # Rounded floats keep the JSON small and stable against last-bit noise.
+    a = np.asarray(x, dtype=np.float64)
+    return np.round(a, nd).tolist() if a.ndim else round(float(a), nd)
+
+
+def _encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, int(quality),
+                            cv2.IMWRITE_JPEG_OPTIMIZE, 0, cv2.IMWRITE_JPEG_PROGRESSIVE, 0])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def _dataset_points(item: Mapping[str, Any]) -> np.ndarray | None:
+    v = item.get("landmarks5")
+    if v is None:
+        return None
+    a = np.asarray(v, dtype=np.float64).reshape(-1)
+    if a.size != 10 or not np.isfinite(a).all():
+        return None
+    return a.reshape(5, 2)
+
+
+def _fingerprint(spec: shards.ShardSpec, params: AlignParams, label_space_name: str) -> str:
+    p = params.model_dump(mode="json")
+    for k in _NON_OUTPUT_PARAMS:
+        p.pop(k, None)
+    return shards.fingerprint_items(spec, p, extra=f"{STAGE}/{__version__}/{label_space_name}")
+
+
+# --------------------------------------------------------------------------------------------
+# the per-shard worker
+
+
+class _Aligner:
+    """Holds the detector and the decode pool across shards; ``__call__`` is a ShardFn."""
+
+    def __init__(self, raw_root: str | Path, params: AlignParams, label_space: Mapping | None,
+                 pool: ProcessPoolExecutor | None = None):
+        self.raw_root = Path(raw_root)
+        self.params = params
+        self.label_space_name = str((label_space or {}).get("name", ""))
+        self.pool = pool
+        self._detector: FaceDetector | None = None
+
+    @property
+    def detector(self) -> FaceDetector:
+        if self._detector is None:
+            self._detector = FaceDetector(self.params)
+        return self._detector
+
+    def _needs_detection(self, item: Mapping[str, Any]) -> bool:
+        p = self.params
+        if p.method == "passthrough" or p.points == "dataset":
+            return False
+        if p.points == "auto" and _dataset_points(item) is not None:
+            return False
+        return True
+
+    def _decoded_stream(self, jobs: list[tuple]) -> Iterator[_decode.Decoded]:
+        """Decoded images in job order; at most ~2 batches in flight (bounded memory)."""
+        if self.pool is None:
+            for j in jobs:
+                yield _decode.decode_job(j)
+            return
+        window = max(4, 2 * self.params.batch_size)
+        pending: collections.deque[Future] = collections.deque()
+        it = iter(jobs)
+        for j in it:
+            pending.append(self.pool.submit(_decode.decode_job, j))
+            if len(pending) >= window:
+                break
+        while pending:
+            yield pending.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(self.pool.submit(_decode.decode_job, nxt))
+
+    def __call__(self, spec: shards.ShardSpec, sink: shards.ShardSink) -> dict[str, Any]:
+        p = self.params
+        items = list(spec.items)
+        results: dict[int, tuple] = {}
+        jobs = []
+        for i, it in enumerate(items):
+            status = str(it.get("status", "ok"))
+            if status != "ok":
+                results[i] = ("skip", f"manifest_{status}", "status in the manifest")
+            elif int(it.get("label", 0)) < 0 and not p.keep_unlabelled:
+                results[i] = ("skip", "label_outside_space",
+                              f"native label {it.get('native_label')!r}")
+            else:
+                path = self.raw_root / str(it["path"])
+                jobs.append((i, str(path), it.get("sha256") or None, p.max_image_pixels,
+                             p.detect_max_side, p.detect_min_side, self._needs_detection(it)))
+
+        next_out = 0
+        t_det = 0.0
+        n_det = 0
+
+        def emit_ready() -> None:
+            nonlocal next_out
+            while next_out in results:
+                self._emit(items[next_out], results.pop(next_out), sink, spec)
+                next_out += 1
+
+        buckets: dict[tuple[int, ...], list[_decode.Decoded]] = {}
+        buffered = 0
+
+        def flush(shape: tuple[int, ...]) -> None:
+            nonlocal buffered, t_det, n_det
+            group = buckets.pop(shape)
+            buffered -= len(group)
+            t0 = time.perf_counter()
+            dets = self.detector.detect([d.det for d in group])
+            t_det += time.perf_counter() - t0
+            n_det += len(group)
+            for d, det in zip(group, dets):
+                results[d.index] = self._finish(items[d.index], d, det)
+                d.rgb = d.det = None
+
+        for d in self._decoded_stream(jobs):
+            if not d.ok:
+                results[d.index] = ("skip", d.reason, d.detail)
+            elif d.det is None:
+                results[d.index] = self._finish(items[d.index], d, None)
+            else:
+                shape = tuple(d.det.shape)
+                buckets.setdefault(shape, []).append(d)
+                buffered += 1
+                if len(buckets[shape]) >= p.batch_size:
+                    flush(shape)
+                elif buffered > 2 * p.batch_size:
+                    # Many distinct sizes: detect the fullest group now rather than hold
+                    # images until the end of the shard.
+                    flush(max(buckets, key=lambda s: (len(buckets[s]), s)))
+            emit_ready()
+        for shape in sorted(buckets, key=lambda s: min(d.index for d in buckets[s])):
+            flush(shape)
+        emit_ready()
+        assert next_out == len(items), "align: not every item produced a result"
+        return {"detected_images": n_det, "detect_seconds": round(t_det, 3)}
+
+    # ----------------------------------------------------------------------------------------
+
+    def _finish(self, item: Mapping[str, Any], d: _decode.Decoded,
+                det: Detections | None) -> tuple:
+        """Turn one decoded image (+ its detections in detector coordinates) into a result."""
+        p = self.params
+        h, w = d.rgb.shape[:2]
+        meta: dict[str, Any] = {
+            "key": str(item["key"]), "dataset": str(item.get("dataset", "")),
+            "split": str(item.get("split", "")), "label": int(item.get("label", -1)),
+            "native_label": str(item.get("native_label", "")),
+            "label_space": self.label_space_name,
+            "source": {"path": str(item["path"]), "sha256": d.sha256, "width": w, "height": h,
+                       "mode": d.source_mode, "exif_transposed": d.exif_transposed},
+            "output_size": p.output_size, "margin": p.margin, "estimator": p.estimator,
+            "boxes": [], "scores": [], "points_all": [], "chosen": None, "box": None,
+            "score": None, "points_src": None, "points_aligned": None, "template": None,
+        }
+        hint = _dataset_points(item)
+        note = None
+        pts = None
+        if p.method == "passthrough":
+            m = _warp.resize_matrix(w, h, p.output_size)
+            crop = _warp.resize(d.rgb, p.output_size)
+            meta["method"] = "passthrough"
+            if hint is not None:
+                meta["points_src"] = _r(hint)
+                meta["points_aligned"] = _r(_warp.transform_points(hint, m))
+            meta["matrix"] = _r(m, 6)
+            return ("sample", crop, meta, None)
+        if det is None:  # points from the dataset
+            if hint is None:
+                pts = None
+                note = ("no_points", "points=dataset but the row has no landmarks5")
+            else:
+                pts = hint
+                meta["method"] = "dataset"
+        else:
+            det = det.scaled(*d.scale).filtered(p.min_score)
+            meta["detect"] = {"scale": _r(d.scale, 6), "size": [int(d.det.shape[1]),
+                                                                 int(d.det.shape[0])],
+                              "min_face_size": _r(self.detector.min_face_size(
+                                  d.det.shape[1], d.det.shape[0]), 3)}
+            meta["boxes"] = _r(det.boxes)
+            meta["scores"] = _r(det.scores, 5)
+            meta["points_all"] = _r(det.points)
+            k = choose_face(det, w, h, p, hint)
+            if k is None:
+                note = ("no_face", f"no face with score >= {p.min_score}")
+            else:
+                pts = det.points[k].astype(np.float64)
+                meta.update(method="mtcnn", chosen=int(k), box=_r(det.boxes[k]),
+                            score=_r(det.scores[k], 5))
+        tpl = _warp.template(p.output_size, p.margin)
+        if pts is not None:
+            try:
+                m = _warp.estimate_similarity(pts, tpl, p.estimator)
+            except _warp.AlignError as e:
+                note, pts = ("bad_points", str(e)), None
+        if pts is None:
+            reason, detail = note
+            if p.no_face == "skip":
+                return ("skip", reason, detail)
+            m = _warp.center_crop_matrix(w, h, p.output_size)
+            meta["method"] = "center_crop"
+            meta["fallback_reason"] = reason
+        else:
+            meta["points_src"] = _r(pts)
+            meta["points_aligned"] = _r(_warp.transform_points(pts, m))
+            meta["template"] = _r(tpl, 4)
+            note = None
+        meta["matrix"] = _r(m, 6)
+        crop = _warp.warp(d.rgb, m, p.output_size)
+        return ("sample", crop, meta, note)
+
+    def _emit(self, item: Mapping[str, Any], res: tuple, sink: shards.ShardSink,
+              spec: shards.ShardSpec) -> None:
+        key, path = str(item["key"]), str(item["path"])
+        if res[0] == "skip":
+            sink.skip(key, path, res[1], res[2])
+            return
+        _, crop, meta, note = res
+        sink.add({"__key__": key, "jpg": _encode_jpeg(crop, self.params.jpeg_quality),
+                  "cls": str(int(meta["label"])), "json": meta})
+        if note is not None:
+            sink.note(key, path, note[0], note[1])
+
+
+# --------------------------------------------------------------------------------------------
+# public entry points
+
+
+def _read_manifest(manifest_path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    from ferpipe.manifest import read_manifest  # noqa: PLC0415
+
+    man = read_manifest(manifest_path)
+    rows = man.frame.to_dict(orient="records")
+    for r in rows:
+        lm = r.get("landmarks5")
+        r["landmarks5"] = None if lm is None else [float(v) for v in np.asarray(lm).ravel()]
+    return rows, dict(man.label_space)
+
+
+def plan_align(manifest_path: str | Path, params: AlignParams,
+               ) -> tuple[dict[str, list[shards.ShardSpec]], dict[str, Any]]:
+    """The shard plan per split for a manifest (every row, bad ones included: they are
+    listed as skipped in their shard's stats) and the manifest's label space."""
+    rows, label_space = _read_manifest(manifest_path)
+    keep = ("key", "dataset", "split", "path", "sha256", "native_label", "label", "status",
+            "landmarks5")
+    rows = [{k: r.get(k) for k in keep} for r in rows]
+    present = {r["split"] for r in rows}
+    order = [s for s in ("train", "val", "test") if s in present] + sorted(
+        present - {"train", "val", "test"})
+    return shards.plan_splits(rows, params.samples_per_shard, splits=order), label_space
+
+
+def _make_pool(params: AlignParams) -> ProcessPoolExecutor | None:
+    if params.decode_workers <= 0:
+        return None
+    import multiprocessing as mp  # noqa: PLC0415
+
+    # fork: workers only run PIL/numpy/cv2 code, and fork starts them in milliseconds.
+    return ProcessPoolExecutor(params.decode_workers, mp_context=mp.get_context("fork"),
+                               initializer=_decode.init_worker)
+
+
+def _set_threads(params: AlignParams) -> None:
+    if params.threads > 0:
+        import torch  # noqa: PLC0415
+
+        torch.set_num_threads(params.threads)
+
+
+def align_shard(spec: shards.ShardSpec, raw_root: str | Path, out_dir: str | Path,
+                params: AlignParams, label_space: Mapping[str, Any] | None = None,
+                verify: bool = True) -> dict[str, Any]:
+    """Align one shard (idempotent: a done shard is kept) and return its stats.
+
+    This is what a flow maps over :func:`plan_align`'s shards; call
+    :func:`ferpipe.shards.finalize_split` per split once all are done.
+    """
+    _set_threads(params)
+    pool = _make_pool(params)
+    try:
+        aligner = _Aligner(raw_root, params, label_space, pool)
+        return shards.process_shard(
+            spec, aligner, out_dir,
+            fingerprint=_fingerprint(spec, params, aligner.label_space_name), verify=verify)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def align_stage(manifest_path: str | Path, raw_root: str | Path, out_dir: str | Path,
+                params: AlignParams, progress: bool = True) -> AlignReport:
+    """Align every row of the manifest into ``out_dir`` (``data/aligned/<dataset>``)."""
+    t0 = time.perf_counter()
+    _set_threads(params)
+    plans, label_space = plan_align(manifest_path, params)
+    pool = _make_pool(params)
+    try:
+        aligner = _Aligner(raw_root, params, label_space, pool)
+        run = shards.run_sharded_stage(
+            plans, aligner, out_dir,
+            fingerprint_fn=partial(_fingerprint, params=params,
+                                   label_space_name=aligner.label_space_name),
+            progress=progress, desc="align")
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    seconds = time.perf_counter() - t0
+    splits: dict[str, dict[str, int]] = {}
+    skipped: dict[str, int] = {}
+    noted: dict[str, int] = {}
+    failures: list[dict[str, Any]] = []
+    processed = 0
+    datasets = set()
+    for split, sts in run.stats.items():
+        c = {"items": 0, "written": 0, "skipped": 0, "noted": 0, "shards": len(sts),
+             "shards_resumed": 0}
+        for st in sts:
+            for k in ("items", "written", "skipped", "noted"):
+                c[k] += st["counts"][k]
+            c["shards_resumed"] += int(st["resumed"])
+            if not st["resumed"]:
+                processed += st["counts"]["items"]
+            for r, n in st["counts"]["skipped_by_reason"].items():
+                skipped[r] = skipped.get(r, 0) + n
+            for r, n in st["counts"]["noted_by_reason"].items():
+                noted[r] = noted.get(r, 0) + n
+            for kind, lst in (("skipped", st["skipped"]), ("noted", st["noted"])):
+                failures.extend({"split": split, "shard": st["shard"], "kind": kind, **e}
+                                for e in lst)
+        splits[split] = c
+    for spec_list in plans.values():
+        for spec in spec_list:
+            datasets.update(str(it.get("dataset", "")) for it in spec.items)
+    index = json.loads((Path(out_dir) / "index.json").read_text())
+    return AlignReport(
+        dataset=",".join(sorted(datasets)), out_dir=str(out_dir), splits=splits,
+        skipped_by_reason=dict(sorted(skipped.items())), noted_by_reason=dict(sorted(noted.items())),
+        failures=failures, seconds=round(seconds, 3), images_processed=processed,
+        images_per_second=round(processed / seconds, 3) if seconds > 0 else 0.0,
+        shards_resumed=run.resumed_shards, index_sha256=index["sha256"],
+        params=params.model_dump(mode="json"))
+
+
+# --------------------------------------------------------------------------------------------
+# failure gallery
+
+
+def failure_thumbnails(failures: Sequence[Mapping[str, Any]], raw_root: str | Path,
+                       size: int = 96, limit: int = 48, max_image_pixels: int = 100_000_000,
+                       quality: int = 80) -> list[dict[str, Any]]:
+    """Base64 JPEG thumbnails (data URIs) of failed images, for a markdown gallery.
+
+    Images that cannot be decoded (corrupt, missing, bombs) get ``data_uri: None``.
+    """
+    out = []
+    for f in list(failures)[:limit]:
+        entry = {k: f.get(k) for k in ("key", "path", "reason", "detail", "split")}
+        try:
+            rgb, _ = _decode.load_rgb(Path(raw_root) / str(f["path"]), max_image_pixels)
+            h, w = rgb.shape[:2]
+            s = size / max(h, w)
+            thumb = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))),
+                               interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+            b64 = base64.b64encode(_encode_jpeg(thumb, quality)).decode("ascii")
+            entry["data_uri"] = f"data:image/jpeg;base64,{b64}"
+        except _decode.DecodeSkip:
+            entry["data_uri"] = None
+        out.append(entry)
+    return out
+
+
+def failure_gallery_markdown(thumbs: Sequence[Mapping[str, Any]], title: str = "Alignment failures",
+                             total: int | None = None) -> str:
+    """Markdown with inline thumbnails (what a Prefect markdown artifact can render)."""
+    buf = io.StringIO()
+    n = len(thumbs) if total is None else total
+    buf.write(f"## {title} ({n})\n\n")
+    if total is not None and total > len(thumbs):
+        buf.write(f"Showing the first {len(thumbs)}.\n\n")
+    buf.write("| image | key | reason | detail |\n|---|---|---|---|\n")
+    for t in thumbs:
+        img = f'<img src="{t["data_uri"]}" width="96"/>' if t.get("data_uri") else "(undecodable)"
+        detail = str(t.get("detail") or "").replace("|", "\\|")[:120]
+        buf.write(f"| {img} | `{t['key']}` | {t['reason']} | {detail} |\n")
+    return buf.getvalue()
