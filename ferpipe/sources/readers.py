@@ -1,0 +1,39 @@
+"""Registry of dataset readers: ``get_reader(name)(root, **options) -> ReaderResult``.
+
+The records types are re-exported here so callers need one import.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ferpipe.errors import DataError
+from ferpipe.sources.affectnet import read_affectnet
+from ferpipe.sources.ferplus import read_ferplus
+from ferpipe.sources.imagefolder import read_imagefolder
+from ferpipe.sources.occlufer import read_occlufer
+from ferpipe.sources.rafdb import read_rafdb
+from ferpipe.sources.records import Problem, RawRecord, ReaderResult
+from ferpipe.sources.sfew import read_sfew
+
+__all__ = ["READERS", "Problem", "RawRecord", "ReaderResult", "Reader", "get_reader"]
+
+Reader = Callable[..., ReaderResult]
+
+READERS: dict[str, Reader] = {
+    "rafdb": read_rafdb,
+    "affectnet": read_affectnet,
+    "ferplus": read_ferplus,
+    "sfew": read_sfew,
+    "occlufer": read_occlufer,
+    "imagefolder": read_imagefolder,
+}
+
+
+def get_reader(name: str) -> Reader:
+    try:
+        return READERS[name]
+    except KeyError:
+        raise DataError(
+            f"unknown dataset format {name!r}; choose one of {', '.join(sorted(READERS))}"
+        ) from None
