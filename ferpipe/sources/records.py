@@ -181,7 +181,8 @@ def read_class_tree(
         # Descend through a lone wrapper folder (e.g. Train/Train_Aligned_Faces/<Class>/).
         while True:
             subdirs = _sorted_dirs(base)
-            if len(subdirs) == 1 and not nmap.knows(subdirs[0].name):
+            if (len(subdirs) == 1 and not nmap.knows(subdirs[0].name)
+                    and any(nmap.knows(d.name) for d in _sorted_dirs(subdirs[0]))):
                 base = subdirs[0]
                 continue
             break
