@@ -58,6 +58,10 @@ def read_affectnet(root: str | os.PathLike, *, npy_landmarks: bool = False) -> R
     )
 
 
+def _dropped(path: str, code: str) -> Problem:
+    return Problem(path, f"label {code} ({_DROPPED[code]}) is not an expression")
+
+
 def _label(code: str, where: str) -> str:
     code = code.strip()
     try:
@@ -102,7 +106,7 @@ def _read_npy(root: Path, base: Path, npy_landmarks: bool) -> ReaderResult:
                 continue
             path = rel(root, img_dir / img)
             if code in _DROPPED:
-                problems.append(Problem(path, f"label {code} ({_DROPPED[code]}) is not an expression"))
+                problems.append(_dropped(path, code))
                 continue
             lmk = None
             if npy_landmarks:
@@ -113,12 +117,14 @@ def _read_npy(root: Path, base: Path, npy_landmarks: bool) -> ReaderResult:
                 except (OSError, ValueError):
                     lmk = None
                 if lmk is None:
-                    warnings.append(Problem(rel(root, lmk_file), "landmarks missing or not 68 points"))
+                    warnings.append(
+                        Problem(rel(root, lmk_file), "landmarks missing or not 68 points"))
             records.append(RawRecord(make_key(key_split, img_id), split, path, code, lmk))
         annotated = {i for i in ids}
         for stem, name in sorted(images.items()):
             if stem not in annotated:
-                problems.append(Problem(rel(root, img_dir / name), "image has no _exp.npy annotation"))
+                problems.append(
+                    Problem(rel(root, img_dir / name), "image has no _exp.npy annotation"))
     if not records:
         raise DataError(f"affectnet: no usable annotated image under {base}")
     return ReaderResult("affectnet", "affectnet", finalize("affectnet", records), problems,
@@ -164,17 +170,19 @@ def _read_csv(root: Path, base: Path) -> ReaderResult:
                     problems.append(Problem(path, f"image listed in {where} is missing"))
                     continue
                 if code in _DROPPED:
-                    problems.append(Problem(path, f"label {code} ({_DROPPED[code]}) is not an expression"))
+                    problems.append(_dropped(path, code))
                     continue
                 lmk = None
                 if "facial_landmarks" in col:
                     try:
-                        pts = [float(v) for v in row[col["facial_landmarks"]].split(";") if v.strip()]
+                        raw = row[col["facial_landmarks"]].split(";")
+                        pts = [float(v) for v in raw if v.strip()]
                         lmk = landmarks68_to_5(pts) if len(pts) == 136 else None
                     except ValueError:
                         lmk = None
                     if lmk is None:
-                        warnings.append(Problem(path, f"{where}: facial_landmarks not 68 points; ignored"))
+                        warnings.append(
+                            Problem(path, f"{where}: facial_landmarks not 68 points; ignored"))
                 stem = sub.rsplit(".", 1)[0]
                 records.append(RawRecord(make_key(*stem.split("/")), split, path, code, lmk))
     if not records:

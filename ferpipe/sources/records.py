@@ -141,7 +141,8 @@ def listdir_set(d: Path) -> set[str]:
 
 
 def landmarks68_to_5(points: list[float]) -> tuple[float, ...]:
-    """iBUG 68 points (x0,y0,x1,y1,...) → eye centres, nose tip, mouth corners (image left first)."""
+    """iBUG 68 points (x0,y0,x1,y1,...) → eye centres, nose tip, mouth corners, image-left
+    first (the order of RAF-DB's manual points and MTCNN's)."""
     xy = [(points[2 * i], points[2 * i + 1]) for i in range(68)]
 
     def mean(idx: range) -> tuple[float, float]:
@@ -190,7 +191,8 @@ def read_class_tree(
             if entry.name.startswith("."):
                 continue
             if entry.is_file():
-                problems.append(Problem(rel(root, Path(entry.path)), "file is not in a class folder"))
+                problems.append(
+                    Problem(rel(root, Path(entry.path)), "file is not in a class folder"))
                 continue
             if not nmap.knows(entry.name):
                 raise DataError(
