@@ -144,6 +144,19 @@ class SegMapEncoder(nn.Module):
         return self.layers(self.one_hot(parsing, dtype))
 
 
+def tokenize_ir_map(x: torch.Tensor, grid: int = 7, raw_view: bool = True) -> torch.Tensor:
+    """[B,C,H,W] -> [B, grid*grid, C*H*W / grid^2] image tokens.
+
+    ``raw_view=True`` is the release's contiguous-memory view (token t holds flat values
+    t*L .. (t+1)*L-1, i.e. a few whole channels, no locality). False is space-to-depth: token
+    t = row-major cell (t // grid, t % grid) of an (H/grid x W/grid) patch, all channels.
+    """
+    b = x.shape[0]
+    if raw_view:
+        return x.contiguous().view(b, grid * grid, -1)
+    return F.pixel_unshuffle(x, x.shape[-1] // grid).flatten(2).transpose(1, 2)
+
+
 class ORSANet(nn.Module):
     """See the module docstring. ``forward`` returns logits [B, num_classes]."""
 
@@ -262,15 +275,8 @@ class ORSANet(nn.Module):
 
     # -- branches --------------------------------------------------------------------------------
     def _image_tokens(self, image):
-        x = self.ir_back(image)
-        b = x.shape[0]
-        g = self.grid
-        if self.raw_view_tokens:
-            x = x.reshape(b, g * g, -1)  # release: raw memory view, not spatial
-        else:
-            x = F.pixel_unshuffle(x, x.shape[-1] // g).flatten(2).transpose(1, 2)
-        x = self.ir_layer(x)  # [B,49,D]
-        return x.transpose(1, 2).reshape(b, self.embed_dim, g, g)
+        x = self.ir_layer(tokenize_ir_map(self.ir_back(image), self.grid, self.raw_view_tokens))
+        return x.transpose(1, 2).reshape(x.shape[0], self.embed_dim, self.grid, self.grid)
 
     def _landmark_tokens(self, lmk):
         if lmk.dim() == 4:
