@@ -26,8 +26,9 @@ def dare_loss(logits: torch.Tensor, target: torch.Tensor, temperature: float = 1
     others = logits.detach().scatter(1, target[:, None], float("-inf"))
     r = others.argmax(dim=1)
     z_r = logits.gather(1, r[:, None])[:, 0]
-    with torch.no_grad():
-        margin = temperature * (1.0 - torch.softmax(logits.float(), dim=1).gather(1, target[:, None])[:, 0])
+    with torch.no_grad():  # fp16/bf16 logits: take the softmax in fp32
+        p = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=1)
+        margin = temperature * (1.0 - p.gather(1, target[:, None])[:, 0])
     return F.softplus(z_r - z_y + margin.to(logits.dtype)).mean()
 
 
