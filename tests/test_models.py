@@ -252,6 +252,27 @@ def test_orsanet_maps_mode_pixel_and_normalised_landmarks():
     assert model.lmk_encoder.heatmaps(pts / 224).shape == (b, 68, 56, 56)
 
 
+def test_orsanet_maps_and_subnet_checkpoints(orsanet_online, tmp_path):
+    """A release checkpoint seeds a maps-mode model; ir50.pth loads into ir_back by shape."""
+    _, _, ckpt = orsanet_online
+    maps = create_model("orsanet", variant="large", priors="maps", checkpoint=ckpt)
+    report = maps.load_reports["orsanet"]
+    assert "seg_sample.weight" in report.unexpected
+    assert any(k.startswith("lmk_encoder.") for k in report.missing)
+    assert torch.equal(maps.state_dict()["head.linear.weight"],
+                       ckpt["model_state_dict"]["module.head.linear.weight"])
+
+    path = tmp_path / "ir50.pth"
+    torch.save(random_state(manifest("ir50"), seed=8), path)
+    model = create_model("orsanet", variant="small", priors="features", ir_checkpoint=path)
+    assert model.load_reports["ir"].loaded == 304
+    small = create_model("orsanet", variant="small", priors="features", lmk_dim=64, seg_dim=96)
+    with pytest.raises(FerpipeError, match="does not"):
+        small.load_orsanet_checkpoint(ckpt)
+    with pytest.raises(ConfigError, match="online"):
+        create_model("orsanet", variant="small", priors="features", landmark_checkpoint=path)
+
+
 @pytest.mark.parametrize("priors", ["features", "maps"])
 def test_orsanet_cpu_preset_112_trains(priors):
     """A small CPU variant at 112 input keeps the shape: tokens 7x7, pyramid, SPADE, SE, head."""

@@ -325,7 +325,8 @@ class ORSANet(nn.Module):
         """Load an official (``model_state_dict``, ``module.`` keys) or ferpipe ORSANet checkpoint.
 
         With priors='online' the load is strict. Otherwise the frozen nets' keys in the file
-        (``face_landback.*``, ``face_segment.*``) are skipped, and keys of modules the release
+        (``face_landback.*``, ``face_segment.*``; in maps mode also ``seg_sample.*``) are
+        skipped, and keys of modules the release
         lacks (``lmk_encoder``, ``seg_encoder``, ``lmk_proj``) may be missing; any other
         mismatch is an error.
         """
@@ -333,9 +334,14 @@ class ORSANet(nn.Module):
         own = self.state_dict()
         skipped = []
         if self.priors != "online":
-            skipped = [k for k in state if k.startswith(("face_landback.", "face_segment.")) and k not in own]
+            # Modules of the release's online prior path that this model replaces.
+            release_only = ("face_landback.", "face_segment.", "seg_sample.")
+            skipped = [k for k in state if k.startswith(release_only) and k not in own]
             state = {k: v for k, v in state.items() if k not in set(skipped)}
-        result = self.load_state_dict(state, strict=False)
+        try:
+            result = self.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatches
+            raise FerpipeError(f"ORSANet checkpoint does not fit this configuration: {exc}") from exc
         own_only = ("lmk_encoder.", "seg_encoder.", "lmk_proj.")
         missing = [k for k in result.missing_keys if not (self.priors != "online" and k.startswith(own_only))]
         if missing or result.unexpected_keys:
