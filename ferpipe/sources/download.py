@@ -29,7 +29,7 @@ from ferpipe.manifest import (
     write_manifest,
 )
 from ferpipe.sources.archive import archive_format, extract_archive
-from ferpipe.sources.fetch import download_url, sha256_file
+from ferpipe.sources.fetch import download as download_url, sha256_file
 from ferpipe.sources.params import DownloadParams
 from ferpipe.sources.readers import get_reader
 
@@ -45,6 +45,7 @@ class DownloadReport:
     label_space: dict[str, Any]
     counts: list[dict[str, Any]]
     rejected: list[dict[str, str]] = field(default_factory=list)
+    warnings: list[dict[str, str]] = field(default_factory=list)
     leakage: list[dict[str, Any]] = field(default_factory=list)
     val_split: dict[str, Any] | None = None
     archive_sha256: str | None = None
@@ -128,13 +129,15 @@ def _link_or_copy(src: str, dst: str) -> str:
     return dst
 
 
-def build_manifest_rows(params: DownloadParams, raw: Path) -> tuple[list[dict[str, Any]], list[dict[str, str]], str]:
+def build_manifest_rows(params: DownloadParams, raw: Path):
+    """Read the layout, decode every image once; returns (rows, rejected, warnings, native map)."""
     reader = get_reader(params.format)
     options = {"images": params.rafdb_images} if params.format == "rafdb" else {}
     result = reader(raw, **options)
     space = get_label_space(params.label_space)
     native_map = get_native_map(result.native_map)
     rejected = [{"path": p.path, "reason": p.reason} for p in result.problems]
+    warnings = [{"path": p.path, "reason": p.reason} for p in result.warnings]
     checks = inspect_images([raw / r.path for r in result.records], params.max_image_pixels, params.workers)
     rows = []
     for rec, check in zip(result.records, checks):
@@ -151,7 +154,7 @@ def build_manifest_rows(params: DownloadParams, raw: Path) -> tuple[list[dict[st
             "landmarks5": None if rec.landmarks5 is None else [float(v) for v in
                                                                  _flatten(rec.landmarks5)],
         })
-    return rows, rejected, native_map.name
+    return rows, rejected, warnings, native_map.name
 
 
 def _flatten(points) -> list[float]:
@@ -169,7 +172,7 @@ def download_stage(params: DownloadParams, layout: Layout, log: Callable[[str], 
     source, digest, ground_truth = obtain_source(params, layout, log)
     raw = layout.raw(params.dataset)
     _fresh_raw_copy(source, raw, params)
-    rows, rejected, native_map = build_manifest_rows(params, raw)
+    rows, rejected, warnings, native_map = build_manifest_rows(params, raw)
     if not rows:
         raise DataError(f"{raw}: the {params.format} reader found no images; is download.format right?")
 
@@ -188,7 +191,7 @@ def download_stage(params: DownloadParams, layout: Layout, log: Callable[[str], 
     report = DownloadReport(
         dataset=params.dataset, source=params.source, manifest=str(manifest_path), raw_root=str(raw),
         label_space=label_space, counts=split_counts(frame, space.classes),
-        rejected=sorted(rejected, key=lambda r: r["path"]), leakage=find_leakage(frame),
+        rejected=sorted(rejected, key=lambda r: r["path"]), warnings=warnings, leakage=find_leakage(frame),
         val_split=val_record, archive_sha256=digest, ground_truth=ground_truth,
         seconds=round(time.perf_counter() - start, 3),
     )
