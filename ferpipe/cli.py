@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--size", type=int, default=256, help="image side in pixels")
     synth.add_argument("--workers", type=int, default=2)
+    synth.add_argument("--difficulty", choices=["default", "hard"], default="default",
+                       help="hard: weaker expressions, stronger pose, heavier noise (a held-out harder set)")
     synth.add_argument("--preview", help="also write a contact sheet PNG (one row per expression)")
 
     show = sub.add_parser("params", help="print the validated params (after -S overrides) as JSON")
@@ -85,7 +87,8 @@ def _run_synth(args: argparse.Namespace) -> int:
     from ferpipe.sources.synthetic import synth_command
 
     synth_command(out=Path(args.out), n=args.n, seed=args.seed, size=args.size,
-                  workers=args.workers, preview=Path(args.preview) if args.preview else None)
+                  workers=args.workers, difficulty=args.difficulty,
+                  preview=Path(args.preview) if args.preview else None)
     return 0
 
 

@@ -79,9 +79,10 @@ def obtain_source(params: DownloadParams, layout: Layout, log: Callable[[str], N
 
         syn = params.synthetic
         result = render_archive(layout.downloads, n_per_class=syn.n_per_class, size=syn.size, seed=syn.seed,
-                                test_fraction=syn.test_fraction, workers=syn.workers)
-        log(f"rendered {result.archive} in {result.seconds:.1f}s")
-        return Path(result.archive), sha256_file(result.archive), str(result.ground_truth)
+                                test_fraction=syn.test_fraction, workers=syn.workers,
+                                difficulty=syn.difficulty, progress=False)
+        log(f"rendered {result.n_images} images into {result.archive} in {result.elapsed_s:.1f}s")
+        return Path(result.archive), sha256_file(result.archive), str(result.groundtruth)
     if source.startswith(_URL_PREFIXES):
         name = source.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or f"{params.dataset}.download"
         target = layout.downloads / name

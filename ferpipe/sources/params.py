@@ -19,6 +19,8 @@ class SyntheticParams(StrictModel):
     seed: int = Field(0, ge=0)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="RAF-DB's 80/20 train/test split")
     workers: int = Field(2, ge=1, le=64, description="render processes; output does not depend on it")
+    difficulty: Literal["default", "hard"] = Field(
+        "default", description="hard: weaker expressions, stronger pose, heavier noise and compression")
 
 
 class DownloadParams(StrictModel):
