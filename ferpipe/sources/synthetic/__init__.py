@@ -45,10 +45,10 @@ from .archive import (
     write_preview,
 )
 from .face import RAF_LABELS, five_from_68
-from .render import DEFAULT, HARD, PARSING_CLASSES, STYLES, RenderStyle, render, sample_scene
+from .render import DEFAULT, HARD, PARSING_CLASSES, STYLES, RenderStyle, render_face, sample_scene
 
 __all__ = [
     "DEFAULT", "FIXED_ZIP_DATE", "GroundTruth", "HARD", "PARSING_CLASSES", "RAF_LABELS", "RenderStyle",
     "STYLES", "SynthResult", "build_parser", "five_from_68", "load_ground_truth", "main_synth", "plan",
-    "read_labels", "render", "render_archive", "sample_scene", "synth_command", "write_preview",
+    "read_labels", "render_archive", "render_face", "sample_scene", "synth_command", "write_preview",
 ]

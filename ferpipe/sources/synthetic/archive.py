@@ -124,7 +124,7 @@ def _render_one(job):
     ss = np.random.SeedSequence([int(seed), _DIFFICULTY_CODE[difficulty], int(index)])
     rng = np.random.default_rng(ss)
     sc = R.sample_scene(rng, label, size, R.STYLES[difficulty])
-    out = R.render(sc, size)
+    out = R.render_face(sc, size)
     ok, png = cv2.imencode(".png", out.parsing, [cv2.IMWRITE_PNG_COMPRESSION, 6])
     assert ok
     idt = sc.identity

@@ -286,7 +286,7 @@ def _head_shading(sc: Scene, size: int, R, s, t2, axes, centre3, low=48) -> np.n
 # --------------------------------------------------------------------------------------------
 
 
-def render(sc: Scene, size: int) -> Rendered:
+def render_face(sc: Scene, size: int) -> Rendered:
     idt = sc.identity
     rng = np.random.default_rng(sc.seed_bg + 1)
     scale = np.array([idt.width, idt.height])
@@ -393,7 +393,11 @@ def render(sc: Scene, size: int) -> Rendered:
     lip = np.asarray(idt.lip_rgb, np.float32)
     cv_.fill([upper], lip * 0.92, label=_L["upper_lip"])
     cv_.fill([lower], lip, label=_L["lower_lip"])
-    cv_.line(p68[[60, 61, 62, 63, 64]], (60, 25, 25), max(1, lid_t - 1), alpha=0.8)
+    # the lip parting line runs into the commissures, where the corners read as corners
+    cv_.line(p68[[48, 60, 61, 62, 63, 64, 54]], lip * 0.35, max(1, lid_t - 1), alpha=0.85)
+    for k in (48, 54):
+        cv_.fill([p68[k] + 0.018 * u * np.stack([np.cos(np.linspace(0, 6.2, 10)), np.sin(np.linspace(0, 6.2, 10))], 1)],
+                 lip * 0.4, alpha=0.6, cover=False)
 
     # ---- shading -------------------------------------------------------------------------
     hh = idt.height
