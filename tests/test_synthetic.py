@@ -227,8 +227,7 @@ def _train_small_cnn(x, y, epochs=30, seed=0):
 @pytest.mark.slow
 def test_learnable_but_not_trivial(tmp_path):
     """Default set (300/class): a small CNN beats chance by far on the default test split and
-    stays clearly below 100% on a held-out hard split. Measured (seed 0, 30 epochs, 48 px):
-    see the report figures in the assertions' margins."""
+    stays clearly below 100% on a held-out hard split (figures at LEARN_MIN_TEST below)."""
     import torch
 
     torch.set_num_threads(2)
@@ -243,8 +242,10 @@ def test_learnable_but_not_trivial(tmp_path):
     print(f"learnability: default test {test_acc:.3f}, hard {hard_acc:.3f}, {time.perf_counter() - t0:.0f}s")
     assert test_acc >= LEARN_MIN_TEST, test_acc
     assert hard_acc <= LEARN_MAX_HARD, hard_acc
-    assert hard_acc < test_acc - 0.1
+    assert hard_acc < test_acc - 0.2
 
 
-LEARN_MIN_TEST = 0.60
-LEARN_MAX_HARD = 0.85
+# Measured on this machine (seed 0, 30 epochs, 48 px crops, ~2 CPU minutes): default test 0.81,
+# hard 0.31 (chance 0.14). The bounds leave room for BLAS/thread differences elsewhere.
+LEARN_MIN_TEST = 0.70
+LEARN_MAX_HARD = 0.60

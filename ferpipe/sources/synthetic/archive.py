@@ -87,6 +87,8 @@ class GroundTruth:
 def plan(n_per_class: int, seed: int, test_fraction: float) -> list[tuple[str, int, str]]:
     """(image name, RAF label, split) for every image, in label-file order."""
     n_test = int(round(n_per_class * test_fraction))
+    if test_fraction > 0 and n_per_class >= 2:
+        n_test = min(n_per_class - 1, max(1, n_test))  # every class keeps both splits
     n_train = n_per_class - n_test
     if n_train * 7 > 99999 or n_test * 7 > 9999:
         raise ValueError("RAF-DB numbering allows at most 99999 train and 9999 test images")

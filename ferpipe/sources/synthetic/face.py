@@ -545,9 +545,9 @@ def aux_points(p: np.ndarray, idt: Identity) -> dict[str, np.ndarray]:
     )
     # beard region: lower jaw up to the cheeks, with a gap for the mouth drawn over it later
     bj = p[3:14].copy()
-    cheek_r = p[13] + np.array([-0.25 * w, -0.18 * h, 0.1])
-    cheek_l = p[3] + np.array([0.25 * w, -0.18 * h, 0.1])
-    above = np.array([[p[54, 0] + 0.05, p[33, 1] + 0.05, p[54, 2]], [p[48, 0] - 0.05, p[33, 1] + 0.05, p[48, 2]]])
+    cheek_r = p[13] + np.array([-0.22 * w, -0.08 * h, 0.1])
+    cheek_l = p[3] + np.array([0.22 * w, -0.08 * h, 0.1])
+    above = np.array([[p[54, 0] + 0.06, p[54, 1] - 0.02, p[54, 2]], [p[48, 0] - 0.06, p[48, 1] - 0.02, p[48, 2]]])
     aux["beard"] = np.concatenate([bj, [cheek_r], above, [cheek_l]])
     aux["moustache"] = np.array(
         [[p[48, 0] - 0.04, p[48, 1] + 0.02, p[48, 2]], [p[50, 0], p[33, 1] + 0.03, p[50, 2]],

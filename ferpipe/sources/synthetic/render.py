@@ -327,9 +327,9 @@ def render_face(sc: Scene, size: int) -> Rendered:
 
     # facial hair (labelled skin, see the package docstring)
     if idt.beard in ("beard", "stubble"):
-        grain = 1 + 0.25 * _smooth_noise(rng, size, max(8, size // 3))
+        grain = 1 + 0.12 * _smooth_noise(rng, size, max(8, size // 2))
         col = hair[None, None] * grain[..., None]
-        cv_.fill([A["beard"]], col, alpha=0.9 if idt.beard == "beard" else 0.35,
+        cv_.fill([A["beard"]], col, alpha=0.8 if idt.beard == "beard" else 0.3,
                  clip=_mask(size, [face_poly]))
     if idt.beard in ("beard", "moustache"):
         cv_.fill([A["moustache"]], hair, alpha=0.9)
