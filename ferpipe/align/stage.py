@@ -326,8 +326,9 @@ def _make_pool(params: AlignParams) -> ProcessPoolExecutor | None:
         return None
     import multiprocessing as mp  # noqa: PLC0415
 
-    # fork: workers only run PIL/numpy/cv2 code, and fork starts them in milliseconds.
-    return ProcessPoolExecutor(params.decode_workers, mp_context=mp.get_context("fork"),
+    # spawn, not fork: a fork after OpenCV/torch started their thread pools deadlocks the
+    # child on its first cv2 call. The workers import only ferpipe.align.decode (no torch).
+    return ProcessPoolExecutor(params.decode_workers, mp_context=mp.get_context("spawn"),
                                initializer=_decode.init_worker)
 
 
