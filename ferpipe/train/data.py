@@ -1,0 +1,487 @@
+"""Training and evaluation data from priors shards: one explicit WebDataset pipeline each.
+
+Shards (written by the priors stage, see DESIGN.md): ``<dir>/<split>-NNNNNN.tar`` and
+``<split>_index.json``. A sample holds ``jpg`` (aligned face), ``cls`` (canonical label),
+``json`` (metadata: ``priors`` {kind, input_size, mean, std, ...}, the label space) and the
+cached priors of two views, index 0 = the image as stored, 1 = computed from its horizontal
+mirror:
+
+- kind ``features``: ``lmk.npy`` fp16 [2,C_l,g,g], ``seg.npy`` fp16 [2,C_s,g,g]
+- kind ``maps``: ``landmarks.npy`` fp32 [2,68,2] (pixels), ``parsing.png`` / ``parsing_flip.png``
+- kind ``none``: image only (models without priors).
+
+The training pipeline, stage by stage (:func:`train_pipeline`)::
+
+    shard list (seeded per-epoch shuffle)            SHARD_SHUFFLE
+      -> split by node (rank) and by worker          disjoint slots; see _slot_filter
+      -> tar -> samples
+      -> rebalance: exact per-epoch draw counts      REBALANCE (ImbalancedDatasetSampler semantics)
+      -> sample shuffle (seeded buffer)              SHUFFLE_BUFFER / SHUFFLE_INITIAL
+      -> decode + flip (cached flipped view) + random erasing (after normalisation)
+      -> batch (in the worker)  -> WebLoader
+
+Augmentation randomness is a pure function of (seed, epoch, key, repeat), never of the worker
+layout or of the global RNG, so a resumed run sees exactly the batches an uninterrupted one does.
+
+**Class rebalancing** (``sampler: rebalance``). Exact mode (one process, the default): an
+in-memory index of (shard, key, label) is built once from the ``.cls`` members; each epoch
+draws len(dataset) samples with replacement, weights 1/class-count (seeded by seed and epoch),
+exactly torchsampler's ImbalancedDatasetSampler; the stream then emits each sample as many
+times as it was drawn (0 drops it) and the shuffle buffer mixes the repeats. Resampled mode
+(DDP): shards are resampled with replacement (``wds.ResampledShards``) and each sample is
+accepted with probability w_c / max(w) (buffered acceptance), which yields the same class
+distribution in expectation; ``.with_epoch`` fixes every rank's batch count.
+
+**DDP**. Every rank gets a disjoint pool of data: whole shards when there are at least as many
+shards as ranks (shard ``i`` goes to rank ``i % world``), else every rank reads all shards and
+keeps the samples whose stable key hash falls in its slot. With resampled shards and
+``.with_epoch(nbatches)`` every rank yields the same number of batches, so no rank runs dry
+and hangs the others' all-reduce.
+
+**Random erasing, "clean-prior" variant** (``erase_priors: clean``, the default). The release
+erases the image *before* the frozen prior nets see it, so both priors see the box. With cached
+priors that is impossible: the box is erased in the image only and the priors stay clean
+(computed from the unerased face). Occluded content therefore still reaches the model through
+the prior path and erasing is a weaker augmentation than in the release (seed-methods.md
+§2.9, option 1). ``erase_priors: zero`` (option 2) approximates the release: features priors
+have every grid cell that overlaps the box zeroed; maps priors mark landmarks inside the box as
+missing (NaN, an empty heatmap) and parsing pixels inside it as "no class" (255).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import tarfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+
+from ferpipe import shards as _shards
+from ferpipe.errors import DataError
+
+# --- named constants (the release's values) ---------------------------------------------------
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SHARD_SHUFFLE = True            # shard order reshuffled every epoch (seeded)
+SHUFFLE_BUFFER = 1000           # sample shuffle buffer (samples)
+SHUFFLE_INITIAL = 100           # samples buffered before the first is emitted
+FLIP_P = 0.5                    # RandomHorizontalFlip
+ERASE_P = 0.5                   # RandomErasing, after normalisation, value 0
+ERASE_SCALE = (0.02, 0.1)
+ERASE_RATIO = (0.3, 3.3)
+ERASE_VALUE = 0.0
+PARSING_IGNORE = 255            # parsing value the models treat as "no class"
+PRIOR_KINDS = ("features", "maps", "none")
+SPLITS = ("train", "val", "test")
+
+
+# --- what the shards hold -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """One dataset's priors shards, probed once: kind, shapes, label space, counts, hashes."""
+
+    root: Path
+    prior_kind: str
+    image_size: int
+    label_space: dict[str, Any]
+    counts: dict[str, int]
+    index_sha256: dict[str, str]
+    prior_meta: dict[str, Any] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)  # fill create_model kwargs (presets)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_space["classes"])
+
+    def urls(self, split: str) -> list[str]:
+        return _shards.shard_urls(self.root, split)
+
+
+def _first_sample(url: str) -> dict[str, bytes]:
+    sample: dict[str, bytes] = {}
+    key = None
+    for name, data in _shards.iter_tar_members(url):
+        k, _, ext = name.partition(".")
+        if key is None:
+            key = k
+        elif k != key:
+            break
+        sample[ext] = data
+    return sample
+
+
+def probe_shards(root: str | Path, splits: Sequence[str] = SPLITS) -> ShardSet:
+    """Read the split indexes and the first training sample; raise a clear error if unusable."""
+    root = Path(root)
+    counts, hashes = {}, {}
+    for split in splits:
+        p = _shards.index_path(root, split)
+        if not p.is_file():
+            raise DataError(f"no shard index {p}: run the priors stage for this dataset first "
+                            f"(or point train.shards_dir at a directory holding {split}_index.json)")
+        idx = json.loads(p.read_text())
+        counts[split] = int(idx["totals"]["samples"])
+        hashes[split] = _shards.sha256_file(p)
+        if counts[split] == 0:
+            raise DataError(f"{p}: split {split!r} has no samples")
+    first = _first_sample(_shards.shard_urls(root, "train")[0])
+    missing = [e for e in ("jpg", "cls", "json") if e not in first]
+    if missing:
+        raise DataError(f"{root}: training samples lack {missing}; expected jpg, cls, json + priors")
+    meta = json.loads(first["json"])
+    pri = dict(meta.get("priors") or {})
+    kind = pri.get("kind") or ("features" if "lmk.npy" in first else "maps" if "landmarks.npy" in first
+                               else "none")
+    if kind not in PRIOR_KINDS:
+        raise DataError(f"{root}: unknown priors kind {kind!r}; expected one of {PRIOR_KINDS}")
+    need = {"features": ("lmk.npy", "seg.npy"), "maps": ("landmarks.npy", "parsing.png", "parsing_flip.png"),
+            "none": ()}[kind]
+    if [e for e in need if e not in first]:
+        raise DataError(f"{root}: priors kind {kind!r} needs members {need}; first sample has {sorted(first)}")
+    space = meta.get("label_space")
+    if isinstance(space, str):
+        space = json.loads(space)
+    if not space or "classes" not in space:
+        raise DataError(f"{root}: sample json has no label_space {{name, classes}}; a model without a "
+                        f"label map cannot be evaluated")
+    size = Image.open(io.BytesIO(first["jpg"])).size[0]
+    facts: dict[str, Any] = {"prior_kind": kind, "image_size": size, "num_classes": len(space["classes"])}
+    if kind == "features":
+        lmk = np.load(io.BytesIO(first["lmk.npy"]))
+        seg = np.load(io.BytesIO(first["seg.npy"]))
+        if lmk.ndim != 4 or seg.ndim != 4 or lmk.shape[0] != 2 or seg.shape[0] != 2:
+            raise DataError(f"{root}: features priors must be [2,C,g,g] (two views), got lmk {lmk.shape} "
+                            f"seg {seg.shape}")
+        facts.update(lmk_channels=int(lmk.shape[1]), seg_channels=int(seg.shape[1]))
+    return ShardSet(root=root, prior_kind=kind, image_size=size,
+                    label_space={"name": space.get("name", ""), "classes": list(space["classes"])},
+                    counts=counts, index_sha256=hashes, prior_meta=pri, facts=facts)
+
+
+# --- the in-memory index and the rebalancing draws --------------------------------------------
+
+
+@dataclass(frozen=True)
+class SampleIndex:
+    """(shard, key, label) of every sample of a split, from the ``.cls`` members only."""
+
+    urls: tuple[str, ...]
+    shard: np.ndarray   # int32, position in urls
+    keys: tuple[str, ...]
+    labels: np.ndarray  # int64
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def class_counts(self, num_classes: int) -> np.ndarray:
+        return np.bincount(self.labels, minlength=num_classes)
+
+
+def build_index(urls: Sequence[str]) -> SampleIndex:
+    shard, keys, labels = [], [], []
+    for i, url in enumerate(urls):
+        with tarfile.open(url, "r") as tar:
+            for m in tar:
+                if m.name.endswith(".cls"):
+                    shard.append(i)
+                    keys.append(m.name[:-4])
+                    labels.append(int(tar.extractfile(m).read()))
+    return SampleIndex(tuple(urls), np.asarray(shard, np.int32), tuple(keys), np.asarray(labels, np.int64))
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """1 / class count per class (0 for absent classes), ImbalancedDatasetSampler's weights."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    with np.errstate(divide="ignore"):
+        return np.where(counts > 0, 1.0 / counts, 0.0)
+
+
+def epoch_draws(index: SampleIndex, num_classes: int, seed: int, epoch: int) -> dict[str, int]:
+    """Per-key draw counts for one epoch: len(index) weighted draws with replacement."""
+    w = class_weights(index.labels, num_classes)[index.labels]
+    rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, 0xBA1]))
+    picks = rng.choice(len(index), size=len(index), replace=True, p=w / w.sum())
+    counts = np.bincount(picks, minlength=len(index))
+    return {index.keys[i]: int(counts[i]) for i in np.flatnonzero(counts)}
+
+
+# --- pipeline pieces ------------------------------------------------------------------------------
+
+
+def _key_hash(key: str) -> int:
+    return zlib.crc32(key.encode("utf-8"))
+
+
+def _worker() -> tuple[int, int]:
+    info = torch.utils.data.get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+class _EpochShards(torch.utils.data.IterableDataset):
+    """This rank's and worker's shards for one epoch, in a seeded order (exact mode)."""
+
+    def __init__(self, urls: Sequence[str], seed: int, epoch: int, rank: int, world: int, shuffle: bool):
+        self.urls, self.seed, self.epoch, self.rank, self.world = list(urls), seed, epoch, rank, world
+        self.shuffle = shuffle
+
+    def __iter__(self):
+        urls = list(self.urls)
+        if self.shuffle:
+            np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, 0x5A2D])).shuffle(urls)
+        worker, workers = _worker()
+        slots, slot = self.world * workers, self.rank * workers + worker
+        if len(urls) >= slots:
+            urls = urls[slot::slots]
+        for u in urls:
+            yield {"url": u}
+
+
+def _slot_filter(n_urls: int, rank: int, world: int, per_worker: bool):
+    """Keep a sample only in its slot when there are fewer shards than slots (disjoint split)."""
+
+    def run(src):
+        worker, workers = _worker() if per_worker else (0, 1)
+        slots, slot = world * workers, rank * workers + worker
+        if n_urls >= slots:
+            yield from src
+            return
+        for s in src:
+            if _key_hash(s["__key__"]) % slots == slot:
+                yield s
+
+    return run
+
+
+def _repeat_by_draws(draws: dict[str, int] | None):
+    def run(src):
+        for s in src:
+            n = 1 if draws is None else draws.get(s["__key__"], 0)
+            for r in range(n):
+                yield {**s, "__repeat__": r}
+
+    return run
+
+
+def _accept_by_weight(label_weights: np.ndarray | None, seed: int, epoch: int, rank: int):
+    def run(src):
+        worker, _ = _worker()
+        rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, rank, worker, 0xACC]))
+        top = None if label_weights is None else float(label_weights.max())
+        for n, s in enumerate(src):
+            if top is not None and rng.random() >= label_weights[int(s["cls"])] / top:
+                continue
+            yield {**s, "__repeat__": n}  # distinct augmentation for every accepted draw
+
+    return run
+
+
+def _seeded_shuffle(bufsize: int, initial: int, seed: int, epoch: int, rank: int):
+    def run(src):
+        worker, _ = _worker()
+        return wds.filters._shuffle(src, bufsize, min(initial, bufsize),
+                                    seed=wds.utils.make_seed(seed, epoch, rank, worker, 0x5F))
+
+    return run
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Per-sample transform settings (resolved from the preset)."""
+
+    prior_kind: str
+    img_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    flip_p: float = FLIP_P
+    erase_p: float = ERASE_P
+    erase_scale: tuple[float, float] = ERASE_SCALE
+    erase_ratio: tuple[float, float] = ERASE_RATIO
+    erase_value: float = ERASE_VALUE
+    erase_priors: str = "clean"   # clean | zero
+    train: bool = True
+    seed: int = 0
+    epoch: int = 0
+
+
+def _decode_image(data: bytes, size: int) -> tuple[torch.Tensor, int]:
+    img = Image.open(io.BytesIO(data))
+    img = img.convert("RGB")
+    src = img.size[0]
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR)  # the release's PIL-bilinear Resize
+    arr = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1), src
+
+
+def _npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data))
+
+
+def _png(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)), dtype=np.uint8)
+
+
+def _erase_box(rng: np.random.Generator, img: torch.Tensor, aug: Augment):
+    # torchvision's own RandomErasing.get_params, driven by a per-sample seed instead of the
+    # global RNG (fork_rng leaves the caller's state untouched).
+    from torchvision.transforms import RandomErasing
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(rng.integers(0, 2**63 - 1)))
+        i, j, h, w, _ = RandomErasing.get_params(img, scale=aug.erase_scale, ratio=aug.erase_ratio,
+                                                 value=[aug.erase_value])
+    return i, j, h, w
+
+
+def transform_sample(s: dict[str, Any], aug: Augment) -> tuple:
+    """Raw sample -> (image float [3,S,S], priors tuple, label, key). See the module docstring."""
+    key = s["__key__"]
+    img, src = _decode_image(s["jpg"], aug.img_size)
+    rng = np.random.default_rng(np.random.SeedSequence(
+        [aug.seed, aug.epoch, _key_hash(key), int(s.get("__repeat__", 0)), 0xA06]))
+    flip = aug.train and rng.random() < aug.flip_p
+    erase = aug.train and rng.random() < aug.erase_p
+    view = 1 if flip else 0
+    if flip:
+        img = img.flip(-1)
+    x = img.float().div_(255.0)
+    x = (x - torch.tensor(aug.mean)[:, None, None]) / torch.tensor(aug.std)[:, None, None]
+    box = None
+    if erase:
+        i, j, h, w = box = _erase_box(rng, x, aug)
+        x[:, i:i + h, j:j + w] = aug.erase_value
+
+    if aug.prior_kind == "features":
+        lmk = torch.from_numpy(np.array(_npy(s["lmk.npy"])[view]))
+        seg = torch.from_numpy(np.array(_npy(s["seg.npy"])[view]))
+        if box is not None and aug.erase_priors == "zero":
+            for t in (lmk, seg):
+                t[:, _cells(box, aug.img_size, t.shape[-2], axis=0)[:, None],
+                  _cells(box, aug.img_size, t.shape[-1], axis=1)[None, :]] = 0
+        priors = (lmk, seg)
+    elif aug.prior_kind == "maps":
+        pts = np.array(_npy(s["landmarks.npy"])[view], dtype=np.float32)
+        if src != aug.img_size:
+            pts *= aug.img_size / src
+        parsing = _png(s["parsing_flip.png" if flip else "parsing.png"]).copy()
+        if box is not None and aug.erase_priors == "zero":
+            i, j, h, w = box
+            inside = (pts[:, 0] >= j) & (pts[:, 0] < j + w) & (pts[:, 1] >= i) & (pts[:, 1] < i + h)
+            pts[inside] = np.nan
+            r = parsing.shape[0] / aug.img_size
+            parsing[int(i * r):math.ceil((i + h) * r), int(j * r):math.ceil((j + w) * r)] = PARSING_IGNORE
+        priors = (torch.from_numpy(pts), torch.from_numpy(parsing))
+    else:
+        priors = ()
+    return x, priors, int(s["cls"]), key
+
+
+def _cells(box, img_size: int, grid: int, axis: int) -> torch.Tensor:
+    i, j, h, w = box
+    lo, n = (i, h) if axis == 0 else (j, w)
+    cell = img_size / grid
+    return torch.arange(int(lo // cell), min(grid, math.ceil((lo + n) / cell)))
+
+
+def collate(samples: Sequence[tuple]) -> dict[str, Any]:
+    images, priors, labels, keys = zip(*samples)
+    return {
+        "image": torch.stack(images),
+        "priors": tuple(torch.stack(p) for p in zip(*priors)),
+        "label": torch.tensor(labels, dtype=torch.long),
+        "key": list(keys),
+    }
+
+
+def _decoded(aug: Augment):
+    def run(src):
+        for s in src:
+            yield transform_sample(s, aug)
+
+    return run
+
+
+# --- the pipelines --------------------------------------------------------------------------------
+
+
+def train_pipeline(urls: Sequence[str], aug: Augment, batch_size: int, *, seed: int, epoch: int,
+                   draws: dict[str, int] | None = None, label_weights: np.ndarray | None = None,
+                   rank: int = 0, world: int = 1, resampled: bool = False,
+                   shuffle_buffer: int = SHUFFLE_BUFFER, shuffle_initial: int = SHUFFLE_INITIAL,
+                   ) -> wds.DataPipeline:
+    """The training stream for one epoch (see the module docstring for the stages).
+
+    ``resampled=False`` (exact): every sample of this rank's slot once, or as often as ``draws``
+    says. ``resampled=True`` (DDP): an endless stream of resampled shards from this rank's pool,
+    rebalanced by acceptance with ``label_weights``; cut it with ``.with_epoch`` on the loader.
+    """
+    urls = list(urls)
+    if not urls:
+        raise DataError("no training shards")
+    if resampled:
+        pool = urls[rank::world] if len(urls) >= world else urls
+        shards = wds.ResampledShards(pool, seed=wds.utils.make_seed(seed, epoch), deterministic=True,
+                                     worker_seed=lambda: rank * 1000 + _worker()[0])
+        node_split = _slot_filter(len(urls), rank, world, per_worker=False)
+        rebalance = _accept_by_weight(label_weights, seed, epoch, rank)
+    else:
+        shards = _EpochShards(urls, seed, epoch, rank, world, shuffle=SHARD_SHUFFLE)
+        node_split = _slot_filter(len(urls), rank, world, per_worker=True)
+        rebalance = _repeat_by_draws(draws)
+    return wds.DataPipeline(
+        shards,
+        wds.tarfile_to_samples(),
+        node_split,
+        rebalance,
+        _seeded_shuffle(shuffle_buffer, shuffle_initial, seed, epoch, rank),
+        _decoded(aug),
+        wds.batched(batch_size, collation_fn=collate, partial=not resampled),
+    )
+
+
+class _OrderedShards(torch.utils.data.IterableDataset):
+    def __init__(self, urls: Sequence[str]):
+        self.urls = list(urls)
+
+    def __iter__(self):
+        worker, workers = _worker()
+        for u in self.urls[worker::workers]:
+            yield {"url": u}
+
+
+def eval_pipeline(urls: Sequence[str], aug: Augment, batch_size: int) -> wds.DataPipeline:
+    """Every sample of a split once, in index order per worker, no augmentation."""
+    aug = Augment(**{**aug.__dict__, "train": False})
+    return wds.DataPipeline(
+        _OrderedShards(urls), wds.tarfile_to_samples(), _decoded(aug),
+        wds.batched(batch_size, collation_fn=collate, partial=True),
+    )
+
+
+def make_loader(pipeline: wds.DataPipeline, num_workers: int, *, nbatches: int | None = None,
+                pin_memory: bool = False) -> wds.WebLoader:
+    """Batches are formed in the workers (batch_size=None here). ``nbatches`` fixes the epoch
+    length (resampled/DDP mode)."""
+    loader = wds.WebLoader(pipeline, batch_size=None, shuffle=False, num_workers=num_workers,
+                           pin_memory=pin_memory, persistent_workers=False)
+    if nbatches is not None:
+        loader = loader.with_epoch(nbatches)
+    return loader
+
+
+def eval_workers(urls: Sequence[str], num_workers: int) -> int:
+    return min(num_workers, len(urls))
+
+
+def iterate(loader) -> Iterator[dict[str, Any]]:
+    yield from loader

@@ -1,0 +1,171 @@
+"""Named training recipes (registry style) and the resolved config a run uses.
+
+A preset names the model (``create_model`` name + kwargs), the loss schedule, the optimiser,
+scheduler, batch, epochs and augmentation. ``train.*`` params override fields
+(:func:`resolve`). The trainer never looks at model names: what varies between methods lives
+here, in ``model_kwargs``, ``model_kwargs_from_data`` (kwargs filled from what the shards hold,
+e.g. the prior kind and channel counts) and the ``loss`` schedule name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch.nn.functional as F
+
+from ferpipe.errors import ConfigError
+from ferpipe.losses import orsanet_loss_schedule
+
+from . import data as _data
+
+LossFn = Callable[[Any, Any], Any]
+
+
+# --- loss schedules: name -> (epoch 1-based -> loss(logits, target)) -------------------------------
+def _ce_schedule(epoch: int) -> LossFn:
+    return F.cross_entropy
+
+
+LOSSES: dict[str, Callable[[int], LossFn]] = {
+    "orsanet": orsanet_loss_schedule,  # CE + 2*LSCE(0.2) for epochs 1-5, then CE + 0.1*DARE
+    "ce": _ce_schedule,
+}
+
+
+def register_loss(name: str, schedule: Callable[[int], LossFn]) -> None:
+    if name in LOSSES and LOSSES[name] is not schedule:
+        raise ValueError(f"loss schedule {name!r} is registered twice")
+    LOSSES[name] = schedule
+
+
+def loss_schedule(name: str) -> Callable[[int], LossFn]:
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ConfigError(f"train.loss: unknown loss schedule {name!r}; known: {sorted(LOSSES)}") from None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run's result (recorded in every checkpoint)."""
+
+    model: str
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    # create_model kwarg -> ShardSet.facts key (prior_kind, image_size, num_classes,
+    # lmk_channels, seg_channels); facts absent from the shards are not passed.
+    model_kwargs_from_data: dict[str, str] = field(default_factory=lambda: {"num_classes": "num_classes"})
+    img_size: int = 224
+    mean: tuple[float, float, float] = _data.IMAGENET_MEAN
+    std: tuple[float, float, float] = _data.IMAGENET_STD
+    loss: str = "ce"
+    optimizer: str = "adamw"        # sam-adam | adam | adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9           # sgd only
+    sam_rho: float = 0.05
+    scheduler: str = "exponential"  # exponential | cosine | none
+    gamma: float = 0.98
+    warmup_epochs: int = 0
+    epochs: int = 10
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    sampler: str = "rebalance"      # rebalance | shuffle
+    flip_p: float = _data.FLIP_P
+    erase_p: float = _data.ERASE_P
+    erase_priors: str = "clean"     # clean | zero
+    seed: int = 123
+    shuffle_buffer: int = _data.SHUFFLE_BUFFER
+    amp: str = "auto"
+    channels_last: bool = False
+    compile: bool = False
+    max_steps_per_epoch: int | None = None
+    preset: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+
+# Fields that may differ between a checkpoint and the run resuming it (they do not change what
+# the finished run computes, or only extend it).
+RESUME_FREE_FIELDS = ("epochs",)
+
+_PRESETS: dict[str, TrainConfig] = {}
+
+
+def register_preset(name: str, cfg: TrainConfig) -> TrainConfig:
+    if name in _PRESETS:
+        raise ValueError(f"preset {name!r} is registered twice")
+    _PRESETS[name] = dataclasses.replace(cfg, preset=name)
+    return _PRESETS[name]
+
+
+def list_presets() -> list[str]:
+    return sorted(_PRESETS)
+
+
+def get_preset(name: str) -> TrainConfig:
+    try:
+        return _PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"train.preset: unknown preset {name!r}; known: {', '.join(list_presets())}") from None
+
+
+_ORSANET_FROM_DATA = {"num_classes": "num_classes", "priors": "prior_kind",
+                      "lmk_dim": "lmk_channels", "seg_dim": "seg_channels", "img_size": "_img_size"}
+
+# The release (seed-methods.md §2.6): 224 input, SAM(rho 0.05) around Adam at 4e-5 (RAF-DB),
+# ExponentialLR 0.98, batch 20 (val 50), the LSCE->DARE schedule, class rebalancing, erasing.
+register_preset("orsanet-large", TrainConfig(
+    model="orsanet", model_kwargs={"variant": "large"}, model_kwargs_from_data=_ORSANET_FROM_DATA,
+    img_size=224, loss="orsanet", optimizer="sam-adam", lr=4e-5, weight_decay=0.0, sam_rho=0.05,
+    scheduler="exponential", gamma=0.98, epochs=400, batch_size=20, eval_batch_size=50,
+    sampler="rebalance", flip_p=0.5, erase_p=0.5, erase_priors="clean", seed=123,
+))
+
+# The architecture's shape at CPU scale: 112 input straight into a 3-stage IR trunk
+# (widths 24/48/96, units 1/2/2, no 112 pre-resize), 49 tokens of width 96, a depth-2 pyramid,
+# small prior encoders. Plain AdamW (SAM would double the step cost) with cosine decay; the
+# release's loss schedule, rebalancing, flip and erasing are kept. Tuned on the embedded
+# synthetic set (~1,500 train faces): see benchmarks/results/train_step.json.
+register_preset("orsanet-cpu", TrainConfig(
+    model="orsanet",
+    model_kwargs={"variant": "small", "depth": 2, "embed_dim": 96, "num_heads": 4, "ir_widths": (24, 48, 96),
+                  "ir_units": (1, 2, 2), "ir_stem_width": 24, "ir_input_size": None, "spade_hidden": 32,
+                  "encoder_widths": (16, 32, 64), "drop_path_rate": 0.05},
+    model_kwargs_from_data=_ORSANET_FROM_DATA,
+    img_size=112, loss="orsanet", optimizer="adamw", lr=1e-3, weight_decay=0.05,
+    scheduler="cosine", warmup_epochs=1, epochs=12, batch_size=32, eval_batch_size=128,
+    sampler="rebalance", flip_p=0.5, erase_p=0.5, erase_priors="clean", seed=123,
+))
+
+
+_OVERRIDABLE = ("epochs", "lr", "batch_size", "eval_batch_size", "optimizer", "weight_decay", "momentum",
+                "sam_rho", "scheduler", "gamma", "warmup_epochs", "loss", "sampler", "flip_p", "erase_p",
+                "erase_priors", "max_steps_per_epoch")
+_RUN_FIELDS = ("seed", "shuffle_buffer", "amp", "channels_last", "compile")
+
+
+def resolve(params) -> TrainConfig:
+    """The preset named by ``params.preset`` with every non-null override applied."""
+    cfg = get_preset(params.preset)
+    changes = {k: getattr(params, k) for k in _OVERRIDABLE if getattr(params, k) is not None}
+    changes.update({k: getattr(params, k) for k in _RUN_FIELDS})
+    if params.model:
+        changes["model_kwargs"] = {**cfg.model_kwargs, **params.model}
+    cfg = dataclasses.replace(cfg, **changes)
+    loss_schedule(cfg.loss)
+    return cfg
+
+
+def model_kwargs(cfg: TrainConfig, facts: dict[str, Any]) -> dict[str, Any]:
+    """create_model kwargs: the preset's, plus those the shards determine."""
+    facts = {**facts, "_img_size": cfg.img_size}
+    out = dict(cfg.model_kwargs)
+    for kwarg, fact in cfg.model_kwargs_from_data.items():
+        if facts.get(fact) is not None and kwarg not in out:
+            out[kwarg] = facts[fact]
+    return out
