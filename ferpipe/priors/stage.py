@@ -1,0 +1,453 @@
+"""The priors stage: aligned-face shards -> the same shards plus cached priors.
+
+One priors shard per aligned shard, same name, same keys, same order. Each sample keeps the
+aligned ``<key>.jpg`` and ``<key>.cls`` bytes unchanged and extends ``<key>.json`` with a
+``priors`` object (kind, backend, checkpoint sha256s, input size, resize, normalisation,
+shapes, the flip convention). Then, per kind:
+
+- ``features``: ``<key>.lmk.npy`` float16 [2, C_l, 7, 7] and ``<key>.seg.npy`` float16
+  [2, C_s, 7, 7]; index 0 = the image, 1 = computed from the horizontally flipped image;
+- ``maps``: ``<key>.landmarks.npy`` float32 [2, 68, 2] (x, y pixels of the aligned image;
+  view 1 in the flipped image's pixels), ``<key>.parsing.png`` and ``<key>.parsing_flip.png``
+  (uint8 LaPa classes). Flip semantics: :mod:`ferpipe.priors.conventions`.
+
+Shards, done markers, resume and indexes are :mod:`ferpipe.shards`; a sample whose image
+cannot be decoded is skipped and listed with its reason, never a crash.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import tarfile
+import time
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from ferpipe import __version__, shards
+from ferpipe.priors.backends import PriorBackend, build_backend
+from ferpipe.priors.params import PriorsParams
+
+STAGE = "priors"
+# Params that change speed or reporting, never a byte of output.
+_NON_OUTPUT_PARAMS = ("batch_size", "device", "threads", "gallery_size")
+_SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<index>\d{%d})\.tar$" % shards.SHARD_DIGITS)
+FLIP_CONVENTION = ("view 1 is computed from the horizontally flipped image and uses the same "
+                   "image-side semantics as view 0 (LaPa class 2 / iBUG points 36-41 = the brow "
+                   "/ eye on the image's left of that view's image); equivalently view 0 "
+                   "mirrored (x' = W-1-x) with points re-ordered by the iBUG mirror "
+                   "permutation and classes 2<->3, 4<->5 swapped")
+
+# LaPa palette for overlays (background transparent).
+PALETTE = np.array([[0, 0, 0], [255, 204, 153], [153, 51, 0], [204, 102, 0], [0, 102, 255],
+                    [0, 204, 255], [255, 0, 255], [255, 0, 0], [102, 0, 51], [204, 0, 102],
+                    [102, 51, 0]], np.uint8)
+
+
+@dataclass
+class PriorsReport:
+    dataset: str
+    out_dir: str
+    kind: str
+    backend: str
+    splits: dict[str, dict[str, int]]
+    skipped_by_reason: dict[str, int]
+    failures: list[dict[str, Any]]
+    seconds: float
+    samples_processed: int
+    samples_per_second: float
+    shards_resumed: int
+    bytes_per_sample: float
+    index_sha256: str
+    prior: dict[str, Any] = field(default_factory=dict)
+    shard_stats: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        lines = [f"priors {self.dataset} ({self.kind}, {self.backend}): "
+                 f"{self.samples_processed} samples in {self.seconds:.1f}s "
+                 f"({self.samples_per_second:.1f}/s), {self.bytes_per_sample / 1024:.1f} KiB/sample "
+                 f"-> {self.out_dir}"]
+        for s, c in self.splits.items():
+            lines.append(f"  {s:>5}: {c['written']} written, {c['skipped']} skipped, "
+                         f"{c['shards']} shards ({c['shards_resumed']} resumed)")
+        if self.skipped_by_reason:
+            lines.append(f"  skipped: {self.skipped_by_reason}")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# planning: mirror the aligned shards
+
+
+def _aligned_splits(aligned_dir: Path) -> list[str]:
+    present = sorted(p.name[: -len(shards.INDEX_SUFFIX)] for p in aligned_dir.glob(f"*{shards.INDEX_SUFFIX}"))
+    return [s for s in ("train", "val", "test") if s in present] + [
+        s for s in present if s not in ("train", "val", "test")]
+
+
+def _tar_keys(path: Path) -> list[str]:
+    keys: list[str] = []
+    with tarfile.open(path, "r") as tar:
+        for m in tar:
+            k = m.name.split(".", 1)[0]
+            if not keys or keys[-1] != k:
+                keys.append(k)
+    return keys
+
+
+def plan_priors(aligned_dir: str | os.PathLike) -> dict[str, list[shards.ShardSpec]]:
+    """One spec per aligned shard (same split, index, keys); items carry the source shard
+    name and sha256, so a changed aligned shard changes the fingerprint."""
+    aligned_dir = Path(aligned_dir)
+    plans: dict[str, list[shards.ShardSpec]] = {}
+    splits = _aligned_splits(aligned_dir)
+    if not splits:
+        raise FileNotFoundError(f"no *{shards.INDEX_SUFFIX} in {aligned_dir}: run the align stage first")
+    for split in splits:
+        specs = []
+        for entry in shards.read_index(aligned_dir, split)["shards"]:
+            m = _SHARD_RE.match(entry["name"])
+            if m is None:
+                raise ValueError(f"{aligned_dir}/{entry['name']}: not a <split>-NNNNNN.tar name")
+            keys = _tar_keys(aligned_dir / entry["name"]) if entry["samples"] else []
+            items = tuple({"key": k, "source_shard": entry["name"], "source_sha256": entry["sha256"]}
+                          for k in keys)
+            specs.append(shards.ShardSpec(split=split, index=int(m.group("index")), items=items))
+        plans[split] = specs
+    return plans
+
+
+def _fingerprint(spec: shards.ShardSpec, params: PriorsParams, backend_desc: Mapping) -> str:
+    p = params.model_dump(mode="json")
+    for k in _NON_OUTPUT_PARAMS:
+        p.pop(k, None)
+    return shards.fingerprint_items(
+        spec, p, extra=f"{STAGE}/{__version__}/" + shards.canonical_json(backend_desc).decode())
+
+
+# --------------------------------------------------------------------------------------------
+# encoding
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _png(a: np.ndarray, compression: int) -> bytes:
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(a), [cv2.IMWRITE_PNG_COMPRESSION, int(compression)])
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def decode_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+
+
+def _read_aligned(path: Path, keys: set[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {ext: bytes}) for the aligned shard's samples in file order."""
+    cur, fields = None, {}
+    for name, data in shards.iter_tar_members(path):
+        k, ext = name.split(".", 1)
+        if k != cur:
+            if cur is not None and cur in keys:
+                yield cur, fields
+            cur, fields = k, {}
+        fields[ext] = data
+    if cur is not None and cur in keys:
+        yield cur, fields
+
+
+class _PriorsWorker:
+    """ShardFn: holds the backend across shards."""
+
+    def __init__(self, aligned_dir: Path, params: PriorsParams, backend: PriorBackend):
+        self.aligned_dir = aligned_dir
+        self.params = params
+        self.backend = backend
+        self.desc = backend.describe()
+
+    def _prior_meta(self, shapes: dict[str, list[int]]) -> dict[str, Any]:
+        return {"kind": self.params.kind, **self.desc, "shapes": shapes, "views": ["original", "hflip"],
+                "flip_convention": FLIP_CONVENTION,
+                "coordinates": "pixels of the aligned image, pixel centres at integers"}
+
+    def __call__(self, spec: shards.ShardSpec, sink: shards.ShardSink) -> dict[str, Any]:
+        if not spec.items:
+            return {"model_seconds": 0.0}
+        by_src: dict[str, list[str]] = {}
+        for it in spec.items:
+            by_src.setdefault(str(it["source_shard"]), []).append(str(it["key"]))
+        t_model = 0.0
+        for src, keys in by_src.items():
+            batch: list[tuple[str, dict[str, bytes], np.ndarray, dict]] = []
+            for key, fields in _read_aligned(self.aligned_dir / src, set(keys)):
+                try:
+                    rgb = np.asarray(Image.open(io.BytesIO(fields["jpg"])).convert("RGB"))
+                    meta = json.loads(fields["json"])
+                except KeyError as e:
+                    sink.skip(key, src, "missing_member", f"no .{e.args[0]} in the aligned shard")
+                    continue
+                except Exception as e:  # noqa: BLE001 - any decode failure is one bad sample
+                    sink.skip(key, src, "corrupt_sample", f"{type(e).__name__}: {e}")
+                    continue
+                batch.append((key, fields, rgb, meta))
+                if len(batch) >= self.params.batch_size:
+                    t_model += self._flush(batch, sink)
+                    batch = []
+            if batch:
+                t_model += self._flush(batch, sink)
+        return {"model_seconds": round(t_model, 3)}
+
+    def _flush(self, batch, sink: shards.ShardSink) -> float:
+        # Same-size crops run together (align writes one size, but be safe).
+        t0 = time.perf_counter()
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, b in enumerate(batch):
+            groups.setdefault(b[2].shape, []).append(i)
+        results: dict[int, dict[str, Any]] = {}
+        for shape, idx in groups.items():
+            crops = [batch[i][2] for i in idx]
+            flips = [np.ascontiguousarray(c[:, ::-1]) for c in crops]
+            if self.params.kind == "features":
+                l0, s0 = self.backend.features(crops)
+                l1, s1 = self.backend.features(flips)
+                for j, i in enumerate(idx):
+                    results[i] = {"lmk.npy": np.stack([l0[j], l1[j]]).astype(np.float16),
+                                  "seg.npy": np.stack([s0[j], s1[j]]).astype(np.float16)}
+            else:
+                p0, m0 = self.backend.maps(crops)
+                p1, m1 = self.backend.maps(flips)
+                for j, i in enumerate(idx):
+                    results[i] = {"landmarks.npy": np.stack([p0[j], p1[j]]).astype(np.float32),
+                                  "parsing": m0[j], "parsing_flip": m1[j]}
+        seconds = time.perf_counter() - t0
+        for i, (key, fields, rgb, meta) in enumerate(batch):
+            r = results[i]
+            sample: dict[str, Any] = {"__key__": key, "jpg": fields["jpg"]}
+            if "cls" in fields:
+                sample["cls"] = fields["cls"]
+            if self.params.kind == "features":
+                shapes = {"lmk": list(r["lmk.npy"].shape), "seg": list(r["seg.npy"].shape),
+                          "dtype": "float16"}
+                sample["lmk.npy"] = _npy(r["lmk.npy"])
+                sample["seg.npy"] = _npy(r["seg.npy"])
+            else:
+                shapes = {"landmarks": list(r["landmarks.npy"].shape), "landmarks_dtype": "float32",
+                          "parsing": list(r["parsing"].shape), "parsing_dtype": "uint8"}
+                sample["landmarks.npy"] = _npy(r["landmarks.npy"])
+                sample["parsing.png"] = _png(r["parsing"], self.params.png_compression)
+                sample["parsing_flip.png"] = _png(r["parsing_flip"], self.params.png_compression)
+            sample["json"] = {**meta, "priors": self._prior_meta(shapes)}
+            sink.add(sample)
+        return seconds
+
+
+# --------------------------------------------------------------------------------------------
+# entry points
+
+
+def priors_shard(spec: shards.ShardSpec, aligned_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                 params: PriorsParams, models_dir: str | os.PathLike,
+                 backend: PriorBackend | None = None, verify: bool = True) -> dict[str, Any]:
+    """Compute one priors shard (idempotent: a done shard is kept) and return its stats.
+
+    A flow maps this over :func:`plan_priors`'s specs, then calls
+    :func:`ferpipe.shards.finalize_split` per split and :func:`ferpipe.shards.write_dataset_index`.
+    """
+    backend = backend or build_backend(params, models_dir)
+    worker = _PriorsWorker(Path(aligned_dir), params, backend)
+    return shards.process_shard(spec, worker, out_dir,
+                                fingerprint=_fingerprint(spec, params, worker.desc), verify=verify)
+
+
+def priors_stage(aligned_dir: str | os.PathLike, out_dir: str | os.PathLike, params: PriorsParams,
+                 models_dir: str | os.PathLike, progress: bool = True) -> PriorsReport:
+    """Every aligned shard of ``aligned_dir`` (``data/aligned/<dataset>``) -> ``out_dir``."""
+    t0 = time.perf_counter()
+    aligned_dir, out_dir = Path(aligned_dir), Path(out_dir)
+    plans = plan_priors(aligned_dir)
+    backend = build_backend(params, models_dir)
+    worker = _PriorsWorker(aligned_dir, params, backend)
+    run = shards.run_sharded_stage(plans, worker, out_dir,
+                                   fingerprint_fn=partial(_fingerprint, params=params,
+                                                          backend_desc=worker.desc),
+                                   verify=True, progress=progress, desc="priors")
+    return build_report(run.stats, out_dir, params, worker.desc, aligned_dir.name,
+                        time.perf_counter() - t0)
+
+
+def build_report(stats: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: Path,
+                 params: PriorsParams, desc: Mapping[str, Any], dataset: str,
+                 seconds: float) -> PriorsReport:
+    splits: dict[str, dict[str, int]] = {}
+    skipped: dict[str, int] = {}
+    failures: list[dict[str, Any]] = []
+    rows = []
+    processed = resumed = written = 0
+    total_bytes = 0
+    for split, sts in stats.items():
+        c = {"items": 0, "written": 0, "skipped": 0, "shards": len(sts), "shards_resumed": 0}
+        for st in sts:
+            for k in ("items", "written", "skipped"):
+                c[k] += st["counts"][k]
+            c["shards_resumed"] += int(bool(st.get("resumed")))
+            resumed += int(bool(st.get("resumed")))
+            if not st.get("resumed"):
+                processed += st["counts"]["items"]
+            written += st["counts"]["written"]
+            total_bytes += st["bytes"]
+            for r, n in st["counts"]["skipped_by_reason"].items():
+                skipped[r] = skipped.get(r, 0) + n
+            failures.extend({"split": split, "shard": st["shard"], **e} for e in st["skipped"])
+            rows.append({"shard": st["shard"], "split": split, "items": st["counts"]["items"],
+                         "written": st["counts"]["written"], "skipped": st["counts"]["skipped"],
+                         "seconds": st["seconds"], "items_per_second": st["items_per_second"],
+                         "bytes": st["bytes"], "resumed": bool(st.get("resumed")),
+                         "sha256": st["sha256"][:16]})
+        splits[split] = c
+    index = json.loads((out_dir / "index.json").read_text())
+    return PriorsReport(
+        dataset=dataset, out_dir=str(out_dir), kind=params.kind, backend=params.backend,
+        splits=splits, skipped_by_reason=dict(sorted(skipped.items())), failures=failures,
+        seconds=round(seconds, 3), samples_processed=processed,
+        samples_per_second=round(processed / seconds, 3) if seconds > 0 else 0.0,
+        shards_resumed=resumed, bytes_per_sample=round(total_bytes / max(written, 1), 1),
+        index_sha256=index["sha256"], prior=dict(desc), shard_stats=rows)
+
+
+def run_priors(params, root: Path = Path(".")) -> PriorsReport:
+    """Entry point for ``ferpipe priors --no-flow``: takes the whole :class:`Params`."""
+    from ferpipe.layout import Layout  # noqa: PLC0415
+
+    layout = Layout(Path(root))
+    dataset = params.download.dataset
+    report = priors_stage(layout.shards("aligned", dataset), layout.shards("priors", dataset),
+                          params.priors, layout.models)
+    out = layout.stage_report("priors", dataset)
+    shards.write_json_atomic(out, report.to_dict())
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# gallery
+
+
+def _thumb_uri(rgb: np.ndarray, size: int, quality: int = 85) -> str:
+    h, w = rgb.shape[:2]
+    s = size / max(h, w)
+    im = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))),
+                    interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(im, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+def overlay_parsing(rgb: np.ndarray, parsing: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    col = PALETTE[np.clip(parsing, 0, len(PALETTE) - 1)]
+    m = (parsing > 0)[..., None]
+    return np.where(m, (rgb * (1 - alpha) + col * alpha).astype(np.uint8), rgb)
+
+
+def draw_landmarks(rgb: np.ndarray, points: np.ndarray) -> np.ndarray:
+    out = rgb.copy()
+    r = max(1, round(rgb.shape[0] / 112))
+    for i, (x, y) in enumerate(np.asarray(points, np.float64)):
+        if not np.isfinite([x, y]).all():
+            continue
+        # image-left features in cyan, image-right in yellow, the rest green: shows the flip convention
+        c = (0, 255, 255) if i in (*range(17, 22), *range(36, 42)) else (
+            (255, 255, 0) if i in (*range(22, 27), *range(42, 48)) else (0, 255, 0))
+        cv2.circle(out, (int(round(x)), int(round(y))), r, c, -1, lineType=cv2.LINE_AA)
+    return out
+
+
+def _energy(feat: np.ndarray, size: int) -> np.ndarray:
+    e = np.sqrt((feat.astype(np.float32) ** 2).mean(0))
+    e = (e - e.min()) / max(float(e.max() - e.min()), 1e-6)
+    e = cv2.resize((e * 255).astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
+    return cv2.applyColorMap(e, cv2.COLORMAP_VIRIDIS)[:, :, ::-1]
+
+
+def gallery_rows(out_dir: str | os.PathLike, split: str | None = None, limit: int = 12,
+                 thumb: int = 112) -> list[dict[str, Any]]:
+    """Thumbnails (base64 JPEG data URIs) of the first ``limit`` samples of a priors split:
+    maps -> image | parsing overlay | landmarks, for both views; features -> image | lmk
+    feature energy | seg feature energy (RMS over channels, 7x7 upsampled)."""
+    out_dir = Path(out_dir)
+    if split is None:
+        split = _aligned_splits(out_dir)[0]
+    rows = []
+    for tar in shards.shard_urls(out_dir, split):
+        for key, fields in _read_all(Path(tar)):
+            rgb = np.asarray(Image.open(io.BytesIO(fields["jpg"])).convert("RGB"))
+            flip = np.ascontiguousarray(rgb[:, ::-1])
+            row = {"key": key}
+            if "landmarks.npy" in fields:
+                pts = decode_npy(fields["landmarks.npy"])
+                p0, p1 = decode_png(fields["parsing.png"]), decode_png(fields["parsing_flip.png"])
+                row["cells"] = [_thumb_uri(rgb, thumb), _thumb_uri(overlay_parsing(rgb, p0), thumb),
+                                _thumb_uri(draw_landmarks(rgb, pts[0]), thumb),
+                                _thumb_uri(overlay_parsing(flip, p1), thumb),
+                                _thumb_uri(draw_landmarks(flip, pts[1]), thumb)]
+            else:
+                lmk, seg = decode_npy(fields["lmk.npy"]), decode_npy(fields["seg.npy"])
+                row["cells"] = [_thumb_uri(rgb, thumb), _thumb_uri(_energy(lmk[0], thumb), thumb),
+                                _thumb_uri(_energy(seg[0], thumb), thumb),
+                                _thumb_uri(_energy(lmk[1], thumb), thumb),
+                                _thumb_uri(_energy(seg[1], thumb), thumb)]
+            rows.append(row)
+            if len(rows) >= limit:
+                return rows
+    return rows
+
+
+def _read_all(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    cur, fields = None, {}
+    for name, data in shards.iter_tar_members(path):
+        k, ext = name.split(".", 1)
+        if k != cur and cur is not None:
+            yield cur, fields
+            fields = {}
+        cur = k
+        fields[ext] = data
+    if cur is not None:
+        yield cur, fields
+
+
+def gallery_markdown(rows: Sequence[Mapping[str, Any]], kind: str, title: str = "Priors") -> str:
+    """Markdown table of inline thumbnails (what a Prefect markdown artifact renders)."""
+    if kind == "maps":
+        cols = ["image", "parsing", "landmarks", "parsing (flipped view)", "landmarks (flipped view)"]
+    else:
+        cols = ["image", "lmk energy", "seg energy", "lmk energy (flipped view)", "seg energy (flipped view)"]
+    lines = [f"## {title} ({len(rows)} samples)", "",
+             "Landmarks: image-left brow/eye cyan, image-right yellow (see the flip convention).", "",
+             "| key | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for r in rows:
+        cells = " | ".join(f'<img src="{u}" width="96"/>' for u in r["cells"])
+        lines.append(f"| `{r['key']}` | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def priors_gallery(out_dir: str | os.PathLike, kind: str, split: str | None = None,
+                   limit: int = 12) -> str:
+    """The gallery markdown for a finished priors directory."""
+    return gallery_markdown(gallery_rows(out_dir, split, limit), kind)
