@@ -1,0 +1,179 @@
+"""The train stage: priors shards -> trained model dir + reports (what ``ferpipe train`` runs).
+
+Reads ``data/priors/<dataset>`` (or ``train.shards_dir``), writes
+
+- ``models/train/<dataset>/{last,best}.pt``           (or ``train.model_dir``)
+- ``reports/train/metrics.json``                      final val (at the best epoch) / test metrics
+- ``reports/train/live/``                              DVCLive: metrics.json, plots/metrics/*.tsv
+- ``reports/train/curves.png``                         loss / accuracy / lr per epoch (DVC's HTML
+                                                      plots need a CDN, so a PNG too)
+- ``reports/train/history.json``                       per-epoch metrics
+
+Under ``torchrun`` (WORLD_SIZE > 1) the process group is initialised here (nccl on CUDA, gloo
+otherwise); rank 0 alone writes checkpoints and reports.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.distributed as dist
+
+from ferpipe.layout import Layout
+from ferpipe.shards import write_json_atomic
+
+from . import data as D
+from .loop import RunOptions, TrainResult, fit
+from .params import TrainParams
+from .presets import TrainConfig, resolve
+
+log = logging.getLogger(__name__)
+EpochCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TrainReport:
+    dataset: str
+    preset: str
+    model_dir: str
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    config: dict[str, Any]
+    reports: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        m = self.metrics
+        return (f"train {self.dataset} ({self.preset}): best val acc {m['val_acc']:.4f} at epoch "
+                f"{m['best_epoch']}/{m['epochs']}; test acc {m['test_acc']:.4f} (macro-F1 "
+                f"{m['test_macro_f1']:.4f}, n={m['test_n']}); {m['train_images_per_s']:.1f} img/s, "
+                f"{m['seconds']:.0f}s; model {self.model_dir}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "preset": self.preset, "model_dir": self.model_dir,
+                "metrics": self.metrics, "config": self.config, "reports": self.reports}
+
+
+def _path(root: Path, p: str | None, default: Path) -> Path:
+    if p is None:
+        return default
+    p = Path(p)
+    return p if p.is_absolute() else root / p
+
+
+class _LiveLogger:
+    """Per-epoch DVCLive metrics (train loss, val acc/F1/loss, lr) and step."""
+
+    def __init__(self, live_dir: Path, resume: bool):
+        from dvclive import Live
+
+        # dvcyaml=None: the stage's plots are declared in dvc.yaml by hand (a shared file).
+        self.live = Live(dir=str(live_dir), resume=resume, report=None, save_dvc_exp=False, dvcyaml=None)
+
+    def __call__(self, info: dict[str, Any]) -> None:
+        live = self.live
+        live.step = info["epoch"]
+        for k in ("train_loss", "val_acc", "val_macro_f1", "val_loss", "lr"):
+            live.log_metric(k.replace("_", "/", 1) if k != "lr" else "lr", info[k])
+        live.next_step()
+
+    def finish(self, result: TrainResult, classes: Sequence[str]) -> None:
+        self.live.summary.update({"test/acc": result.test["acc"], "test/macro_f1": result.test["macro_f1"],
+                                  "best/epoch": result.best["epoch"], "best/val_acc": result.best["value"]})
+        self.live.end()
+
+
+def _curves_png(history: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 3, figsize=(12, 3.2))
+    ax[0].plot(ep, [h["train_loss"] for h in history], label="train")
+    ax[0].plot(ep, [h["val_loss"] for h in history], label="val (CE)")
+    ax[0].set_title("loss"), ax[0].legend()
+    ax[1].plot(ep, [h["val_acc"] for h in history], label="val acc")
+    ax[1].plot(ep, [h["val_macro_f1"] for h in history], label="val macro-F1")
+    ax[1].set_title("validation"), ax[1].legend()
+    ax[2].plot(ep, [h["lr"] for h in history])
+    ax[2].set_title("lr")
+    for a in ax:
+        a.set_xlabel("epoch")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _init_distributed() -> bool:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+        return True
+    return False
+
+
+def train_stage(params: TrainParams, layout: Layout, callbacks: Sequence[EpochCallback] = (),
+                fused_optimizer: bool = False) -> TrainReport:
+    """Train per ``params``; ``callbacks(info)`` run after every epoch on rank 0 (a Prefect flow
+    passes one that updates its progress artifact; the library never imports Prefect)."""
+    root = layout.root
+    shards_dir = _path(root, params.shards_dir, layout.shards("priors", params.dataset))
+    model_dir = _path(root, params.model_dir, layout.models / "train" / params.dataset)
+    report_dir = layout.reports / "train"
+    cfg: TrainConfig = resolve(params)
+    shards = D.probe_shards(shards_dir)
+    started_dist = _init_distributed()
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    try:
+        resuming = params.resume is not False and (model_dir / "last.pt").exists()
+        live = _LiveLogger(report_dir / "live", resume=resuming) if rank == 0 else None
+        cbs = ([live] if live else []) + (list(callbacks) if rank == 0 else [])
+        opts = RunOptions(device=params.device, num_workers=params.num_workers, resume=params.resume,
+                          threads=params.threads, fused_optimizer=fused_optimizer, callbacks=cbs)
+        result = fit(cfg, shards, model_dir, opts, params=params.model_dump(mode="json"))
+        report = _report(params, cfg, result, model_dir, report_dir, root)
+        if rank == 0:
+            live.finish(result, shards.label_space["classes"])
+            write_json_atomic(report_dir / "metrics.json", report.metrics)
+            write_json_atomic(report_dir / "history.json", result.history)
+            write_json_atomic(report_dir / "test_confusion.json",
+                              {"classes": shards.label_space["classes"], "matrix": result.test["confusion"]})
+            _curves_png(result.history, report_dir / "curves.png")
+        return report
+    finally:
+        if started_dist:
+            dist.destroy_process_group()
+
+
+def _report(params: TrainParams, cfg: TrainConfig, result: TrainResult, model_dir: Path, report_dir: Path,
+            root: Path) -> TrainReport:
+    val = result.val_at_best or {}
+    metrics = {
+        "epochs": result.epochs, "best_epoch": result.best["epoch"],
+        "val_acc": result.best["value"], "val_macro_f1": val.get("macro_f1"),
+        "test_acc": result.test["acc"], "test_macro_f1": result.test["macro_f1"], "test_n": result.test["n"],
+        "test_loss": result.test["loss"],
+        "final_train_loss": result.history[-1]["train_loss"] if result.history else None,
+        "train_images_per_s": result.images_per_s, "seconds": result.seconds,
+        "resumed_from_epoch": result.resumed_from, "world_size": result.world,
+    }
+    rel = lambda p: os.path.relpath(p, root)  # noqa: E731
+    return TrainReport(dataset=params.dataset, preset=cfg.preset, model_dir=rel(model_dir), metrics=metrics,
+                       history=result.history, config=cfg.to_dict(),
+                       reports={"metrics": rel(report_dir / "metrics.json"), "live": rel(report_dir / "live"),
+                                "curves": rel(report_dir / "curves.png")})
+
+
+def run_train(params, root: Path = Path(".")) -> TrainReport:
+    """Entry point for ``ferpipe train --no-flow``: takes the whole :class:`Params`."""
+    return train_stage(params.train, Layout(Path(root)))
