@@ -231,7 +231,10 @@ def fit(cfg: TrainConfig, shards: D.ShardSet, model_dir: str | Path, opts: RunOp
 
     net: nn.Module = model
     if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # find_unused_parameters: some architectures own parameters a given loss never reaches
+        # (ORSANet's landmark-half scale in its last block); the trainer must not know which.
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                  find_unused_parameters=True)
     if cfg.compile:
         try:
             net = torch.compile(net)
@@ -275,6 +278,13 @@ def fit(cfg: TrainConfig, shards: D.ShardSet, model_dir: str | Path, opts: RunOp
             if opts.record_keys:
                 seen.extend(batch["key"])
         scheduler.step()
+        if world > 1:
+            # DDP broadcasts buffers at the start of each forward, so after the last step every
+            # rank holds BN running statistics of its own last batch: take rank 0's, as the
+            # next forward would, so evaluation and checkpoints agree on every rank.
+            with torch.no_grad():
+                for b in model.buffers():
+                    dist.broadcast(b, 0)
         images += n_seen
         train_loss = float(loss_sum.item() / max(n_seen, 1))
         val = evaluate(model, val_urls, aug, num_classes, cfg.eval_batch_size, opts.num_workers, device,
