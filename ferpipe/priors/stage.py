@@ -38,8 +38,9 @@ from ferpipe.priors.backends import PriorBackend, build_backend
 from ferpipe.priors.params import PriorsParams
 
 STAGE = "priors"
-# Params that change speed or reporting, never a byte of output.
-_NON_OUTPUT_PARAMS = ("batch_size", "device", "threads", "gallery_size")
+# Params that change speed or reporting only. batch_size is *not* one of them: oneDNN's
+# convolutions give last-bit differences between batch sizes, which fp16 does not always hide.
+_NON_OUTPUT_PARAMS = ("device", "threads", "gallery_size")
 _SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<index>\d{%d})\.tar$" % shards.SHARD_DIGITS)
 FLIP_CONVENTION = ("view 1 is computed from the horizontally flipped image and uses the same "
                    "image-side semantics as view 0 (LaPa class 2 / iBUG points 36-41 = the brow "
