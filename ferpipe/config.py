@@ -15,6 +15,7 @@ import yaml
 from pydantic import ValidationError
 
 from ferpipe._schema import StrictModel
+from ferpipe.align.params import AlignParams
 from ferpipe.errors import ConfigError
 from ferpipe.sources.params import DownloadParams
 
@@ -25,6 +26,7 @@ class Params(StrictModel):
     """All of params.yaml. Sections are namespaced per stage."""
 
     download: DownloadParams = DownloadParams()
+    align: AlignParams = AlignParams()
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS_FILE, overrides: Iterable[str] = ()) -> Params:
