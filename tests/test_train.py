@@ -356,3 +356,45 @@ def test_stage_writes_model_dir_and_reports(feat, tmp_path, monkeypatch):
     assert list((tmp_path / "reports/train/live/plots/metrics").rglob("*.tsv"))
     assert (tmp_path / "reports/train/curves.png").exists()
     assert "test acc" in rep.summary()
+
+
+@pytest.mark.slow
+def test_flow_publishes_progress_and_tables(feat, tmp_path, monkeypatch, prefect_api):
+    import shutil
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+
+    from flows.train import run_train_params
+
+    shutil.copytree(feat.root, tmp_path / "data" / "priors" / "tiny")
+    monkeypatch.setitem(presets._PRESETS, "tiny-test", dataclasses.replace(tiny_cfg(epochs=2), preset="tiny-test"))
+
+    @flow(name="train-test")
+    def f():
+        return run_train_params(TrainParams(dataset="tiny", preset="tiny-test", num_workers=0, threads=1),
+                                str(tmp_path))
+
+    rep = f()
+    assert rep.metrics["epochs"] == 2
+
+    async def artifacts():
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+        async with get_client() as c:
+            out = {}
+            for key in ("train-tiny-progress", "train-tiny-history", "train-tiny-metrics"):
+                arts = await c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+                out[key] = arts
+            return out
+
+    import asyncio
+
+    got = asyncio.run(artifacts())
+    assert got["train-tiny-progress"] and float(got["train-tiny-progress"][0].data) == 100.0
+    assert got["train-tiny-history"] and got["train-tiny-metrics"]
+
+
+def test_bf16_autocast_runs_on_cpu(feat, tmp_path):
+    res = fit(tiny_cfg(epochs=1, amp="bf16", optimizer="sam-adam"), feat, tmp_path / "m", _opts())
+    assert math.isfinite(res.history[0]["train_loss"])

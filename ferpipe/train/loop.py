@@ -387,9 +387,10 @@ def _train_step(net, optimizer, scaler, loss_fn, img, priors, y, device, amp_dty
             # Unscale the first-pass gradient by hand; GradScaler's own unscale_ is kept for the
             # base step. An overflow skips the perturbation (the base step is then skipped too).
             inv = 1.0 / scaler.get_scale()
-            for p in optimizer.param_groups[0]["params"]:
-                if p.grad is not None:
-                    p.grad.mul_(inv)
+            grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            torch._foreach_mul_(grads, inv)
+            if not torch.isfinite(optimizer._grad_norm()):  # fp16 overflow: no perturbation
+                optimizer.zero_grad(set_to_none=True)
         optimizer.first_step(zero_grad=True)
         forward_backward()  # same batch, perturbed weights; gradient used by the base step
         optimizer.restore()

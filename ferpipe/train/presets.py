@@ -126,19 +126,19 @@ register_preset("orsanet-large", TrainConfig(
     sampler="rebalance", flip_p=0.5, erase_p=0.5, erase_priors="clean", seed=123,
 ))
 
-# The architecture's shape at CPU scale: 112 input straight into a 3-stage IR trunk
-# (widths 24/48/96, units 1/2/2, no 112 pre-resize), 49 tokens of width 96, a depth-2 pyramid,
-# small prior encoders. Plain AdamW (SAM would double the step cost) with cosine decay; the
+# The architecture's shape at CPU scale: 112 input, nearest-halved to 56 for a 3-stage IR trunk
+# (as the release halves 224 -> 112; widths 24/48/96, units 1/2/2) giving the 7x7 map, 49
+# tokens of width 96, a depth-2 pyramid, small prior encoders (widths 8/16/32). Plain AdamW (SAM would double the step cost) with cosine decay; the
 # release's loss schedule, rebalancing, flip and erasing are kept. Tuned on the embedded
 # synthetic set (~1,500 train faces): see benchmarks/results/train_step.json.
 register_preset("orsanet-cpu", TrainConfig(
     model="orsanet",
     model_kwargs={"variant": "small", "depth": 2, "embed_dim": 96, "num_heads": 4, "ir_widths": (24, 48, 96),
-                  "ir_units": (1, 2, 2), "ir_stem_width": 24, "ir_input_size": None, "spade_hidden": 32,
-                  "encoder_widths": (16, 32, 64), "drop_path_rate": 0.05},
+                  "ir_units": (1, 2, 2), "ir_stem_width": 24, "ir_input_size": 56, "spade_hidden": 32,
+                  "encoder_widths": (8, 16, 32), "drop_path_rate": 0.05},
     model_kwargs_from_data=_ORSANET_FROM_DATA,
     img_size=112, loss="orsanet", optimizer="adamw", lr=1e-3, weight_decay=0.05,
-    scheduler="cosine", warmup_epochs=1, epochs=12, batch_size=32, eval_batch_size=128,
+    scheduler="cosine", warmup_epochs=1, epochs=10, batch_size=32, eval_batch_size=128,
     sampler="rebalance", flip_p=0.5, erase_p=0.5, erase_priors="clean", seed=123,
 ))
 
