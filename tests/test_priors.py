@@ -309,6 +309,7 @@ def one_aligned(tmp_path_factory, synth_set):
     return write_aligned(tmp_path_factory.mktemp("aligned1") / "synthetic", archive, first)
 
 
+@pytest.mark.slow
 def test_official_features(one_aligned, official_models, tmp_path):
     torch.set_num_threads(2)
     p = PriorsParams(kind="features", backend="official")
@@ -335,6 +336,7 @@ def test_official_features(one_aligned, official_models, tmp_path):
     np.testing.assert_array_equal(ref[0], lmk[0])
 
 
+@pytest.mark.slow
 def test_official_maps(one_aligned, official_models, tmp_path):
     torch.set_num_threads(2)
     p = PriorsParams(kind="maps", backend="official")
