@@ -50,7 +50,8 @@ class TrainParams(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 on cuda when supported, off on cpu
     channels_last: bool = False
-    compile: bool = False
+    compile: bool = False                                 # torch.compile the model (falls back to eager on failure)
+    fused_optimizer: bool = False                         # fused Adam/AdamW/SGD kernels (same math, one kernel)
     threads: int = Field(0, ge=0)                         # torch intra-op threads on the CPU; 0 = default
     # Resume from <model_dir>/last.pt: true = must resume (error if impossible); "auto" = resume
     # when last.pt exists and its config is compatible, else start fresh; false = always fresh.

@@ -122,8 +122,7 @@ def _init_distributed() -> bool:
     return False
 
 
-def train_stage(params: TrainParams, layout: Layout, callbacks: Sequence[EpochCallback] = (),
-                fused_optimizer: bool = False) -> TrainReport:
+def train_stage(params: TrainParams, layout: Layout, callbacks: Sequence[EpochCallback] = ()) -> TrainReport:
     """Train per ``params``; ``callbacks(info)`` run after every epoch on rank 0 (a Prefect flow
     passes one that updates its progress artifact; the library never imports Prefect)."""
     root = layout.root
@@ -139,7 +138,7 @@ def train_stage(params: TrainParams, layout: Layout, callbacks: Sequence[EpochCa
         live = _LiveLogger(report_dir / "live", resume=resuming) if rank == 0 else None
         cbs = ([live] if live else []) + (list(callbacks) if rank == 0 else [])
         opts = RunOptions(device=params.device, num_workers=params.num_workers, resume=params.resume,
-                          threads=params.threads, fused_optimizer=fused_optimizer, callbacks=cbs)
+                          threads=params.threads, fused_optimizer=params.fused_optimizer, callbacks=cbs)
         result = fit(cfg, shards, model_dir, opts, params=params.model_dump(mode="json"))
         report = _report(params, cfg, result, model_dir, report_dir, root)
         if rank == 0:
