@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -46,7 +46,8 @@ def priors_flow(params_path: str = "params.yaml", overrides: list[str] | None = 
     aligned_dir, out_dir = layout.shards("aligned", dataset), layout.shards("priors", dataset)
     plans = plan_priors(aligned_dir)
     specs = [s for plan in plans.values() for s in plan]
-    futures = priors_shard_task.map(specs, str(aligned_dir), str(out_dir), p, str(layout.models))
+    futures = priors_shard_task.map(specs, unmapped(str(aligned_dir)), unmapped(str(out_dir)),
+                                    unmapped(p), unmapped(str(layout.models)))
     results = futures.result()
     stats: dict[str, list[dict]] = {split: [] for split in plans}
     for spec, st in zip(specs, results):

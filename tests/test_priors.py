@@ -419,3 +419,54 @@ def test_insightface_backend_tiny_onnx(one_aligned, tmp_path):
     cx, cy = np.round(p68[36:42].mean(0)).astype(int)
     assert m[cy, cx] == 4
     assert json.loads(out["json"])["priors"]["backend"] == "insightface"
+
+
+# --------------------------------------------------------------------------------------------
+# the Prefect flows (params injected: config.py composes the priors sections separately)
+
+
+def _fake_params(**sections):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(download=SimpleNamespace(dataset="synthetic"), **sections)
+
+
+def test_priors_flow_publishes_stats_and_gallery(prefect_api, aligned_dir, random_prior_nets,
+                                                 tmp_path, monkeypatch):
+    import shutil
+
+    import flows.priors as fp
+    from tests.test_flow_download import _artifacts_of
+
+    root = tmp_path / "proj"
+    shutil.copytree(aligned_dir, root / "data" / "aligned" / "synthetic")
+    shutil.copytree(random_prior_nets / "prior_nets", root / "models" / "prior_nets")
+    monkeypatch.setattr(fp, "params_for", lambda path, ov: _fake_params(
+        priors=PriorsParams(kind="maps", backend="ferpipe", gallery_size=3)))
+    state = fp.priors_flow(params_path="unused", root=str(root), return_state=True)
+    assert state.is_completed()
+    report = state.result()
+    assert report.splits["train"]["written"] == 7
+    assert (root / "reports" / "priors" / "synthetic.json").is_file()
+    assert (root / "data" / "priors" / "synthetic" / "index.json").is_file()
+    arts = _artifacts_of(state.state_details.flow_run_id)
+    assert arts["priors-synthetic-shards"].type == "table"
+    gallery = arts["priors-synthetic-gallery"]
+    assert gallery.type == "markdown" and gallery.data.count("data:image/jpeg;base64,") == 15
+
+
+@pytest.mark.slow
+def test_prior_nets_flow_publishes_metrics(prefect_api, tmp_path, monkeypatch):
+    import flows.prior_nets as fpn
+    from ferpipe.priors import PriorNetsParams
+    from tests.test_flow_download import _artifacts_of
+
+    monkeypatch.setattr("flows._common.params_for", lambda path, ov: _fake_params(
+        prior_nets=PriorNetsParams(synthetic_n_per_class=2, synthetic_test_fraction=0.5, epochs=1,
+                                   batch_size=4, workers=1)))
+    state = fpn.prior_nets_flow(params_path="unused", root=str(tmp_path), return_state=True)
+    assert state.is_completed()
+    assert (tmp_path / "models" / "prior_nets" / "parser.pt").is_file()
+    arts = _artifacts_of(state.state_details.flow_run_id)
+    assert "mIoU" in str(arts["prior-nets-metrics"].data)
+    assert arts["prior-nets-per-class-iou"].type == "markdown"

@@ -63,17 +63,30 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Top-down fusion from stride 16 down to stride ``2 ** (out_level + 1)``."""
+    """Top-down fusion from stride 16 down to stride ``2 ** (out_level + 1)``.
+
+    ``dim`` channels at strides 16-4, ``dim // 2`` at stride 2 (the parser's last level),
+    which is where most of the decoder's cost would otherwise be.
+    """
 
     def __init__(self, in_channels: Sequence[int], dim: int, out_level: int):
         super().__init__()
         self.out_level = out_level
-        self.lateral = nn.ModuleList(nn.Conv2d(c, dim, 1) for c in in_channels)
-        self.fuse = nn.ModuleList(_cbr(dim, dim) for _ in in_channels)
+        dims = [dim // 2 if lvl == 0 else dim for lvl in range(len(in_channels))]
+        self.dims = dims
+        self.lateral = nn.ModuleList(nn.Conv2d(c, d, 1) for c, d in zip(in_channels, dims))
+        self.fuse = nn.ModuleList(_cbr(d, d) for d in dims)
+        self.reduce = nn.Conv2d(dims[1], dims[0], 1) if out_level == 0 else nn.Identity()
+
+    @property
+    def out_channels(self) -> int:
+        return self.dims[self.out_level]
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         y = self.fuse[-1](self.lateral[-1](feats[-1]))
         for lvl in range(len(feats) - 2, self.out_level - 1, -1):
+            if lvl == 0:
+                y = self.reduce(y)
             y = F.interpolate(y, size=feats[lvl].shape[2:], mode="nearest")
             y = self.fuse[lvl](y + self.lateral[lvl](feats[lvl]))
         return y
@@ -94,7 +107,8 @@ class PriorNet(nn.Module):
         out_level = 0 if task == "parser" else 1
         self.decoder = Decoder(self.widths, dim, out_level)
         n_out = NUM_CLASSES if task == "parser" else NUM_POINTS
-        self.head = nn.Conv2d(dim, n_out, 1)
+        self.head = nn.Conv2d(self.decoder.out_channels, n_out, 1)
+        self.dim = dim
 
     @property
     def feature_channels(self) -> int:
@@ -102,7 +116,7 @@ class PriorNet(nn.Module):
 
     def config(self) -> dict[str, Any]:
         return {"task": self.task, "widths": list(self.widths), "input_size": self.input_size,
-                "dim": self.head.in_channels}
+                "dim": self.dim}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.encoder(x)

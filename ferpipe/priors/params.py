@@ -47,7 +47,7 @@ class PriorNetsParams(StrictModel):
     # `lapa`: a LaPa copy at `lapa_dir` (train|val|test/{images,labels,landmarks}).
     source: Literal["synthetic", "lapa"] = "synthetic"
     lapa_dir: str | None = None
-    synthetic_n_per_class: int = Field(200, ge=2)
+    synthetic_n_per_class: int = Field(100, ge=2)
     synthetic_size: int = Field(256, ge=64)
     synthetic_seed: int = 1000
     synthetic_difficulty: Literal["default", "hard"] = "default"
@@ -62,7 +62,7 @@ class PriorNetsParams(StrictModel):
     jitter_rotate_deg: float = Field(6.0, ge=0.0)
     jitter_shift: float = Field(0.04, ge=0.0)
     widths: tuple[int, int, int, int] = (24, 48, 96, 192)
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(8, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(3e-3, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)

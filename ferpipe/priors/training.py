@@ -204,7 +204,7 @@ def train_net(task: str, train: FaceSet, p: PriorNetsParams,
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             n += len(idx)
         history.append(round(total / max(n, 1), 5))
         log(f"prior-nets {task}: epoch {epoch + 1}/{p.epochs} loss {history[-1]:.4f} "
