@@ -149,8 +149,16 @@ def probe_shards(root: str | Path, splits: Sequence[str] = SPLITS) -> ShardSet:
     if [e for e in need if e not in first]:
         raise DataError(f"{root}: priors kind {kind!r} needs members {need}; first sample has {sorted(first)}")
     space = meta.get("label_space")
-    if isinstance(space, str):
-        space = json.loads(space)
+    if isinstance(space, str):  # the align stage records the space's name ("basic7")
+        try:
+            space = json.loads(space) if space.lstrip().startswith("{") else None
+        except ValueError:
+            space = None
+        if space is None:
+            from ferpipe.labels import get_label_space
+
+            ls = get_label_space(meta["label_space"])
+            space = {"name": ls.name, "classes": list(ls.classes)}
     if not space or "classes" not in space:
         raise DataError(f"{root}: sample json has no label_space {{name, classes}}; a model without a "
                         f"label map cannot be evaluated")

@@ -53,9 +53,10 @@ def _npy(arr: np.ndarray) -> bytes:
 
 
 def flip_landmarks(pts: np.ndarray, width: int) -> np.ndarray:
-    """68 points of the mirrored image (x -> width - x, iBUG order restored)."""
+    """68 points of the mirrored image (x -> width - 1 - x: pixel centres at integers, as the
+    priors stage records them; iBUG order restored)."""
     q = pts[FLIP68].copy()
-    q[:, 0] = width - q[:, 0]
+    q[:, 0] = width - 1 - q[:, 0]
     return q
 
 
@@ -150,7 +151,7 @@ def priors_from_synthetic_archive(archive: str | Path, groundtruth: str | Path, 
                                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
             pts = transform_points(g.points68, m).astype(np.float32)
             label = int(g.label) - 1  # RAF-DB 1..7 -> canonical 0..6
-            meta = {"label_space": _SPACE, "source": n,
+            meta = {"label_space": BASIC7.name, "source": n,  # the name, as the align stage writes it
                     "priors": {"kind": "maps", "backend": "groundtruth", "input_size": size,
                                "resize": "none", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
             out[split].append({
