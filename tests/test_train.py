@@ -356,6 +356,12 @@ def test_stage_writes_model_dir_and_reports(feat, tmp_path, monkeypatch):
     assert list((tmp_path / "reports/train/live/plots/metrics").rglob("*.tsv"))
     assert (tmp_path / "reports/train/curves.png").exists()
     assert "test acc" in rep.summary()
+    # Resume with one more epoch: DVCLive logs hold every epoch, not just the resumed one.
+    rep = train_stage(TrainParams(dataset="tiny", preset="tiny-test", num_workers=0, threads=1, epochs=3),
+                      Layout(tmp_path))
+    assert rep.metrics["resumed_from_epoch"] == 2
+    rows = (tmp_path / "reports/train/live/plots/metrics/val/acc.tsv").read_text().split()
+    assert rows[0] == "step" and rows[2::2] == ["1", "2", "3"]
 
 
 @pytest.mark.slow

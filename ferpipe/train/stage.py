@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -142,6 +143,15 @@ def train_stage(params: TrainParams, layout: Layout, callbacks: Sequence[EpochCa
         result = fit(cfg, shards, model_dir, opts, params=params.model_dump(mode="json"))
         report = _report(params, cfg, result, model_dir, report_dir, root)
         if rank == 0:
+            if result.resumed_from:
+                # A resumed run's DVCLive dir may hold only the epochs since the resume (DVC
+                # deletes non-persisted outputs before a stage runs): rewrite it from the full
+                # history the checkpoint carried.
+                live.live.end()
+                shutil.rmtree(report_dir / "live", ignore_errors=True)
+                live = _LiveLogger(report_dir / "live", resume=False)
+                for h in result.history:
+                    live(h)
             live.finish(result, shards.label_space["classes"])
             write_json_atomic(report_dir / "metrics.json", report.metrics)
             write_json_atomic(report_dir / "history.json", result.history)
