@@ -1,0 +1,485 @@
+"""The synthetic-occlusion test set: every sample of a priors split, occluded by a procedural
+occluder placed on its facial regions, with priors recomputed from the occluded image.
+
+This is **not** Occlu-FER (a real, licensed dataset that comes in through the download stage).
+Everything this module writes is named ``synthetic-occlusion``::
+
+    data/occlusion/<dataset>/synthetic-occlusion-NNNNNN.tar       priors shard format
+    data/occlusion/<dataset>/synthetic-occlusion-NNNNNN_stats.json
+    data/occlusion/<dataset>/synthetic-occlusion_index.json, index.json
+    data/occlusion/<dataset>/synthetic-occlusion.parquet           occlusion metadata
+
+One output shard per source shard, same keys (``<key>_v<i>`` when ``variants`` > 1). A sample
+holds the occluded ``jpg``, the source ``cls``, the priors members returned by
+``recompute_priors(occluded_rgb)`` and the source ``json`` plus an ``occlusion`` object
+(set, occluder, placement, regions, region_coverage, occluded_fraction, sample_seed, variant,
+source_key, geometry_source, parsing_source).
+
+Per-sample randomness: ``numpy.random.default_rng(SeedSequence([seed, variant, key hash]))``,
+so a sample's occluder does not depend on shard layout or on the other samples.
+
+``recompute_priors(rgb_uint8) -> dict`` maps an HxWx3 RGB image (the occluded JPEG as decoded,
+i.e. exactly what a model will read) to the sample members the priors stage writes for it
+(``landmarks.npy`` / ``parsing.png`` / ``parsing_flip.png`` or ``lmk.npy`` / ``seg.npy``, as
+bytes); an optional ``"priors"`` dict in the result replaces the json's ``priors`` object.
+:func:`backend_recompute` builds one from a priors backend.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+import time
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from ferpipe import __version__, shards
+from ferpipe.occlusion.face import approx_parsing, coverage, face_geometry
+from ferpipe.occlusion.occluders import composite, draw_occluder
+from ferpipe.occlusion.params import OcclusionParams
+
+SET_NAME = "synthetic-occlusion"
+STAGE = "occlusion"
+_NON_OUTPUT_PARAMS = ("gallery_size", "subsets")
+_SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<index>\d{%d})\.tar$" % shards.SHARD_DIGITS)
+PRIOR_MEMBERS = ("landmarks.npy", "parsing.png", "parsing_flip.png", "lmk.npy", "seg.npy")
+
+RecomputeFn = Callable[[np.ndarray], Mapping[str, Any]]
+
+
+# --- per-sample ----------------------------------------------------------------------------------
+
+
+def sample_seed(seed: int, key: str, variant: int = 0) -> int:
+    """A 63-bit seed from (seed, key, variant): stable across shard layouts and runs."""
+    h = int.from_bytes(hashlib.sha256(f"{SET_NAME}/{key}".encode()).digest()[:8], "big")
+    ss = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(variant), h & 0xFFFFFFFF, h >> 32])
+    return int(ss.generate_state(1, np.uint64)[0]) >> 1
+
+
+def occlude(rgb: np.ndarray, parsing: np.ndarray | None, landmarks68: np.ndarray | None,
+            points5: Sequence[float] | None, occluder: str | None, seed: int,
+            occluders: Sequence[str] = (), cover_alpha: float = 0.5,
+            region_threshold: float = 0.3) -> tuple[np.ndarray, dict[str, Any]]:
+    """Occlude one aligned face. ``occluder`` None draws one of ``occluders`` from ``seed``.
+
+    Returns the occluded image and its facts (occluder, placement, regions, region_coverage,
+    occluded_fraction, geometry/parsing source). Regions and the fraction are measured on the
+    clean image's parsing map (or a map rasterised from the 5 points when there is none).
+    """
+    rng = np.random.default_rng(seed)
+    if occluder is None:
+        if not occluders:
+            raise ValueError("no occluder types to draw from")
+        occluder = str(occluders[int(rng.integers(len(occluders)))])
+    geom = face_geometry(parsing, landmarks68, points5)
+    parsing_source = "priors"
+    if parsing is None:
+        parsing = approx_parsing(geom, rgb.shape[:2])
+        parsing_source = "points5-approximation"
+    occ = draw_occluder(occluder, rng, geom, rgb)
+    out = composite(rgb, occ)
+    cov = coverage(occ.alpha, parsing, geom, cover_alpha, region_threshold)
+    facts = {**occ.info, **cov, "geometry_source": geom.source, "parsing_source": parsing_source}
+    return out, facts
+
+
+# --- planning -----------------------------------------------------------------------------------
+
+
+def _tar_keys(path: Path) -> list[str]:
+    keys: list[str] = []
+    with tarfile.open(path, "r") as tar:
+        for m in tar:
+            k = m.name.split(".", 1)[0]
+            if not keys or keys[-1] != k:
+                keys.append(k)
+    return keys
+
+
+def out_key(key: str, variant: int, variants: int) -> str:
+    return key if variants == 1 else f"{key}_v{variant}"
+
+
+def plan_occlusion(source_dir: str | os.PathLike, split: str = "test", variants: int = 1
+                   ) -> dict[str, list[shards.ShardSpec]]:
+    """One ``synthetic-occlusion`` spec per source shard of ``split`` (same index and keys);
+    items carry the source shard's name and sha256, so a changed source changes the fingerprint."""
+    source_dir = Path(source_dir)
+    specs = []
+    for entry in shards.read_index(source_dir, split)["shards"]:
+        m = _SHARD_RE.match(entry["name"])
+        if m is None:
+            raise ValueError(f"{source_dir}/{entry['name']}: not a <split>-NNNNNN.tar name")
+        keys = _tar_keys(source_dir / entry["name"]) if entry["samples"] else []
+        items = sorted(({"key": out_key(k, v, variants), "source_key": k, "variant": v,
+                         "source_shard": entry["name"], "source_sha256": entry["sha256"]}
+                        for k in keys for v in range(variants)), key=lambda it: it["key"])
+        specs.append(shards.ShardSpec(split=SET_NAME, index=int(m.group("index")), items=tuple(items)))
+    return {SET_NAME: specs}
+
+
+def describe_recompute(fn: RecomputeFn) -> str:
+    """What identifies a recompute callable in the fingerprint: its ``describe()`` if it has
+    one, else its qualified name."""
+    d = getattr(fn, "describe", None)
+    if callable(d):
+        return shards.canonical_json(d()).decode()
+    f = getattr(fn, "func", fn)
+    return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', type(f).__name__)}"
+
+
+def _fingerprint(spec: shards.ShardSpec, params: OcclusionParams, recompute_desc: str) -> str:
+    p = params.model_dump(mode="json")
+    for k in _NON_OUTPUT_PARAMS:
+        p.pop(k, None)
+    return shards.fingerprint_items(spec, p, extra=f"{STAGE}/{__version__}/{recompute_desc}")
+
+
+# --- the per-shard worker ----------------------------------------------------------------------
+
+
+def _read_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    cur, fields = None, {}
+    for name, data in shards.iter_tar_members(path):
+        k, ext = name.split(".", 1)
+        if k != cur and cur is not None:
+            yield cur, fields
+            fields = {}
+        cur = k
+        fields[ext] = data
+    if cur is not None:
+        yield cur, fields
+
+
+def _decode_png(data: bytes) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+
+
+def _jpg(rgb: np.ndarray, quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=int(quality), optimize=False, subsampling=0)
+    return buf.getvalue()
+
+
+def _rgb(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+class OcclusionWorker:
+    """ShardFn: occludes the samples of one source shard; metadata rows go to the stats."""
+
+    def __init__(self, source_dir: str | os.PathLike, params: OcclusionParams, recompute: RecomputeFn):
+        self.source_dir = Path(source_dir)
+        self.params = params
+        self.recompute = recompute
+
+    def __call__(self, spec: shards.ShardSpec, sink: shards.ShardSink) -> dict[str, Any]:
+        p = self.params
+        by_src: dict[str, list[Mapping[str, Any]]] = {}
+        for it in spec.items:
+            by_src.setdefault(str(it["source_shard"]), []).append(it)
+        rows: list[dict[str, Any]] = []
+        t_prior = 0.0
+        out: list[tuple[str, dict[str, Any]]] = []
+        for src, items in by_src.items():
+            wanted: dict[str, list[Mapping[str, Any]]] = {}
+            for it in items:
+                wanted.setdefault(str(it["source_key"]), []).append(it)
+            for key, fields in _read_samples(self.source_dir / src):
+                if key not in wanted:
+                    continue
+                try:
+                    rgb = _rgb(fields["jpg"])
+                    meta = json.loads(fields["json"])
+                    parsing = _decode_png(fields["parsing.png"]) if "parsing.png" in fields else None
+                    lmk = (np.load(io.BytesIO(fields["landmarks.npy"]), allow_pickle=False)[0]
+                           if "landmarks.npy" in fields else None)
+                except Exception as e:  # noqa: BLE001 - one bad sample, never the shard
+                    for it in wanted.pop(key):
+                        sink.skip(str(it["key"]), src, "corrupt_sample", f"{type(e).__name__}: {e}")
+                    continue
+                for it in wanted.pop(key):
+                    okey, variant = str(it["key"]), int(it["variant"])
+                    seed = sample_seed(p.seed, key, variant)
+                    try:
+                        occluded, facts = occlude(rgb, parsing, lmk, meta.get("points_aligned"), None, seed,
+                                                  p.occluders, p.cover_alpha, p.region_threshold)
+                    except ValueError as e:
+                        sink.skip(okey, src, "no_geometry", str(e))
+                        continue
+                    jpg = _jpg(occluded, p.jpeg_quality)
+                    t0 = time.perf_counter()
+                    # The priors see exactly what a model will: the decoded occluded JPEG.
+                    members = dict(self.recompute(_rgb(jpg)))
+                    t_prior += time.perf_counter() - t0
+                    prior_meta = members.pop("priors", None)
+                    occ = {"set": SET_NAME, **facts, "sample_seed": seed, "variant": variant,
+                           "source_key": key, "priors_recomputed": True}
+                    new_meta = {**meta, "occlusion": occ}
+                    if prior_meta is not None:
+                        new_meta["priors"] = prior_meta
+                    sample = {"__key__": okey, "jpg": jpg, "json": new_meta}
+                    if "cls" in fields:
+                        sample["cls"] = fields["cls"]
+                    for ext, v in members.items():
+                        sample[ext] = v
+                    out.append((okey, sample))
+                    rows.append({"key": okey, "source_key": key, "variant": variant,
+                                 "label": int(fields["cls"]) if "cls" in fields else -1,
+                                 "occluder": facts["occluder"], "placement": facts.get("placement", ""),
+                                 "regions": list(facts["regions"]),
+                                 "occluded_fraction": facts["occluded_fraction"], "seed": seed,
+                                 "geometry_source": facts["geometry_source"],
+                                 "parsing_source": facts["parsing_source"]})
+            for k, its in wanted.items():
+                for it in its:
+                    sink.skip(str(it["key"]), src, "missing_in_source", f"{k} not in {src}")
+        for _, s in sorted(out, key=lambda t: t[0]):
+            sink.add(s)
+        rows.sort(key=lambda r: r["key"])
+        return {"rows": rows, "priors_seconds": round(t_prior, 3),
+                "by_occluder": _counts(r["occluder"] for r in rows)}
+
+
+def _counts(values) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return dict(sorted(out.items()))
+
+
+# --- recompute adapters ------------------------------------------------------------------------
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _png(a: np.ndarray, compression: int) -> bytes:
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(a), [cv2.IMWRITE_PNG_COMPRESSION, int(compression)])
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+class BackendRecompute:
+    """``recompute_priors`` from a priors backend (``ferpipe.priors.backends``): the same members,
+    dtypes and views (view 1 = computed from the mirrored image) the priors stage writes."""
+
+    def __init__(self, backend, kind: str, png_compression: int = 6):
+        self.backend, self.kind, self.png_compression = backend, kind, png_compression
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self.backend.describe()}
+
+    def __call__(self, rgb: np.ndarray) -> dict[str, Any]:
+        flip = np.ascontiguousarray(rgb[:, ::-1])
+        if self.kind == "features":
+            l0, s0 = self.backend.features([rgb])
+            l1, s1 = self.backend.features([flip])
+            return {"lmk.npy": _npy(np.stack([l0[0], l1[0]]).astype(np.float16)),
+                    "seg.npy": _npy(np.stack([s0[0], s1[0]]).astype(np.float16))}
+        p0, m0 = self.backend.maps([rgb])
+        p1, m1 = self.backend.maps([flip])
+        return {"landmarks.npy": _npy(np.stack([p0[0], p1[0]]).astype(np.float32)),
+                "parsing.png": _png(m0[0], self.png_compression),
+                "parsing_flip.png": _png(m1[0], self.png_compression)}
+
+
+def backend_recompute(priors_params, models_dir: str | os.PathLike) -> BackendRecompute:
+    """The real ``recompute_priors``: the backend ``priors.*`` names (same kind, same weights)."""
+    from ferpipe.priors.backends import build_backend  # noqa: PLC0415
+
+    return BackendRecompute(build_backend(priors_params, models_dir), priors_params.kind,
+                            priors_params.png_compression)
+
+
+# --- entry points -------------------------------------------------------------------------------
+
+
+def occlusion_shard(spec: shards.ShardSpec, source_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                    params: OcclusionParams, recompute: RecomputeFn, verify: bool = True) -> dict[str, Any]:
+    """Build one synthetic-occlusion shard (idempotent) and return its stats (a flow maps this)."""
+    worker = OcclusionWorker(source_dir, params, recompute)
+    return shards.process_shard(spec, worker, out_dir,
+                                fingerprint=_fingerprint(spec, params, describe_recompute(recompute)),
+                                verify=verify)
+
+
+@dataclass
+class OcclusionReport:
+    dataset: str
+    out_dir: str
+    source_dir: str
+    samples: int
+    skipped: int
+    skipped_by_reason: dict[str, int]
+    failures: list[dict[str, Any]]
+    by_occluder: dict[str, int]
+    by_region: dict[str, int]
+    mean_occluded_fraction: float
+    shards_resumed: int
+    seconds: float
+    samples_per_second: float
+    index_sha256: str
+    metadata: str
+    shard_stats: list[dict[str, Any]] = field(default_factory=list)
+    subsets: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        lines = [f"{SET_NAME} {self.dataset}: {self.samples} samples, {self.skipped} skipped, "
+                 f"mean occluded fraction {self.mean_occluded_fraction:.3f}, {self.seconds:.1f}s "
+                 f"({self.samples_per_second:.1f}/s, {self.shards_resumed} shards resumed) -> {self.out_dir}",
+                 f"  occluders: {self.by_occluder}", f"  regions:   {self.by_region}"]
+        if self.skipped_by_reason:
+            lines.append(f"  skipped: {self.skipped_by_reason}")
+        for name, s in self.subsets.get("subsets", {}).items():
+            lines.append(f"  subset {name}: {s['keys']} keys, {s['duplicates']} duplicates, "
+                         f"{s['problems']} problems")
+        return "\n".join(lines)
+
+
+def metadata_path(out_dir: str | os.PathLike) -> Path:
+    return Path(out_dir) / f"{SET_NAME}.parquet"
+
+
+def write_metadata(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """The occlusion metadata parquet (sorted by key; fixed schema, no pandas index)."""
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    schema = pa.schema([("key", pa.string()), ("source_key", pa.string()), ("variant", pa.int32()),
+                        ("label", pa.int32()), ("occluder", pa.string()), ("placement", pa.string()),
+                        ("regions", pa.list_(pa.string())), ("occluded_fraction", pa.float64()),
+                        ("seed", pa.int64()), ("geometry_source", pa.string()), ("parsing_source", pa.string())],
+                       metadata={"ferpipe.set": SET_NAME})
+    rows = sorted(rows, key=lambda r: r["key"])
+    table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows], schema=schema)
+    path = Path(path)
+    with shards.atomic_file(path) as f:
+        pq.write_table(table, f, compression="zstd")
+    return path
+
+
+def read_metadata(path: str | os.PathLike):
+    import pandas as pd  # noqa: PLC0415
+
+    return pd.read_parquet(path)
+
+
+def finalize_occlusion(out_dir: str | os.PathLike, source_dir: str | os.PathLike,
+                       plans: Mapping[str, Sequence[shards.ShardSpec]],
+                       stats: Mapping[str, list[dict[str, Any]]], dataset: str, seconds: float,
+                       subsets: Mapping[str, Any] | None = None) -> OcclusionReport:
+    """Indexes, the metadata parquet and the report, once every shard is done."""
+    out_dir = Path(out_dir)
+    shards.finalize_stage(out_dir, plans, stats, seconds)
+    rows, failures, table = [], [], []
+    skipped: dict[str, int] = {}
+    resumed = processed = 0
+    for split, sts in stats.items():
+        for st in sts:
+            rows.extend(st["extra"].get("rows", []))
+            failures.extend({"shard": st["shard"], **e} for e in st["skipped"])
+            for r, n in st["counts"]["skipped_by_reason"].items():
+                skipped[r] = skipped.get(r, 0) + n
+            resumed += int(bool(st.get("resumed")))
+            processed += 0 if st.get("resumed") else st["counts"]["items"]
+            table.append({"split": split, "shard": st["shard"], "items": st["counts"]["items"],
+                          "written": st["counts"]["written"], "skipped": st["counts"]["skipped"],
+                          "seconds": st["seconds"], "items_per_second": st["items_per_second"],
+                          "bytes": st["bytes"], "resumed": bool(st.get("resumed")),
+                          **{f"n_{k}": v for k, v in st["extra"].get("by_occluder", {}).items()}})
+    meta = write_metadata(rows, metadata_path(out_dir))
+    by_region: dict[str, int] = {}
+    for r in rows:
+        for reg in r["regions"]:
+            by_region[reg] = by_region.get(reg, 0) + 1
+    index = json.loads((out_dir / "index.json").read_text())
+    fr = [r["occluded_fraction"] for r in rows]
+    return OcclusionReport(
+        dataset=dataset, out_dir=str(out_dir), source_dir=str(source_dir), samples=len(rows),
+        skipped=sum(skipped.values()), skipped_by_reason=dict(sorted(skipped.items())), failures=failures,
+        by_occluder=_counts(r["occluder"] for r in rows), by_region=dict(sorted(by_region.items())),
+        mean_occluded_fraction=round(float(np.mean(fr)), 4) if fr else 0.0, shards_resumed=resumed,
+        seconds=round(seconds, 3), samples_per_second=round(processed / seconds, 3) if seconds > 0 else 0.0,
+        index_sha256=index["sha256"], metadata=str(meta), shard_stats=table, subsets=dict(subsets or {}))
+
+
+def synthetic_occlusion_stage(source_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                              params: OcclusionParams, recompute: RecomputeFn, dataset: str = "",
+                              progress: bool = True) -> OcclusionReport:
+    """Every source shard of ``params.split`` -> ``out_dir`` (local loop; resumes done shards)."""
+    t0 = time.perf_counter()
+    plans = plan_occlusion(source_dir, params.split, params.variants)
+    worker = OcclusionWorker(source_dir, params, recompute)
+    run = shards.run_sharded_stage(plans, worker, out_dir,
+                                   fingerprint_fn=partial(_fingerprint, params=params,
+                                                          recompute_desc=describe_recompute(recompute)),
+                                   progress=progress, desc=SET_NAME)
+    return finalize_occlusion(out_dir, source_dir, plans, run.stats, dataset or Path(source_dir).name,
+                              time.perf_counter() - t0)
+
+
+# --- gallery ------------------------------------------------------------------------------------
+
+
+def _thumb_uri(rgb: np.ndarray, size: int, quality: int = 85) -> str:
+    h, w = rgb.shape[:2]
+    s = size / max(h, w)
+    im = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))),
+                    interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(im, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+def gallery_markdown(out_dir: str | os.PathLike, source_dir: str | os.PathLike, source_split: str = "test",
+                     limit: int = 18, thumb: int = 112) -> str:
+    """Markdown table (original | occluded, occluder, regions, fraction) with inline base64
+    JPEG thumbnails; samples are picked round-robin over occluder types so each type shows."""
+    out_dir, source_dir = Path(out_dir), Path(source_dir)
+    picked: dict[str, list[tuple[str, dict[str, bytes]]]] = {}
+    for url in shards.shard_urls(out_dir, SET_NAME):
+        for key, fields in _read_samples(Path(url)):
+            occ = json.loads(fields["json"])["occlusion"]
+            lst = picked.setdefault(occ["occluder"], [])
+            if len(lst) < limit:
+                lst.append((key, fields))
+    order: list[tuple[str, dict[str, bytes]]] = []
+    while len(order) < limit and any(picked.values()):
+        for name in sorted(picked):
+            if picked[name] and len(order) < limit:
+                order.append(picked[name].pop(0))
+    want = {json.loads(f["json"])["occlusion"]["source_key"] for _, f in order}
+    originals: dict[str, np.ndarray] = {}
+    for url in shards.shard_urls(source_dir, source_split):
+        for key, fields in _read_samples(Path(url)):
+            if key in want:
+                originals[key] = _rgb(fields["jpg"])
+    lines = [f"## {SET_NAME} ({len(order)} samples; procedural occluders, not Occlu-FER)", "",
+             "| key | original | occluded | occluder | regions | occluded fraction |", "|---|---|---|---|---|---|"]
+    for key, fields in order:
+        occ = json.loads(fields["json"])["occlusion"]
+        src = originals.get(occ["source_key"])
+        orig = f'<img src="{_thumb_uri(src, thumb)}" width="96"/>' if src is not None else "(missing)"
+        lines.append(f"| `{key}` | {orig} | <img src=\"{_thumb_uri(_rgb(fields['jpg']), thumb)}\" width=\"96\"/> "
+                     f"| {occ['occluder']} ({occ.get('placement', '')}) | {', '.join(occ['regions']) or '-'} "
+                     f"| {occ['occluded_fraction']:.2f} |")
+    return "\n".join(lines) + "\n"
