@@ -22,6 +22,7 @@ from ferpipe.errors import FerpipeError
 # stage name → (flow module, flow function, library runner)
 _STAGES: dict[str, tuple[str, str, str]] = {
     "download": ("flows.download", "download_flow", "ferpipe.sources.download:run_download"),
+    "align": ("flows.align", "align_flow", "ferpipe.align.stage:run_align"),
 }
 
 

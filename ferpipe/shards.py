@@ -505,9 +505,19 @@ def run_sharded_stage(plans: Mapping[str, Sequence[ShardSpec]], process_shard_fn
                 stats[split].append(st)
                 bar.update(1)
                 bar.set_postfix(split=split, resumed=st["resumed"])
+    return finalize_stage(out_dir, plans, stats, time.perf_counter() - t0)
+
+
+def finalize_stage(out_dir: str | os.PathLike, plans: Mapping[str, Sequence[ShardSpec]],
+                   stats: Mapping[str, list[dict[str, Any]]], seconds: float) -> StageRun:
+    """After every shard is done: the split indexes, the dataset index, the run's record.
+
+    The one ending of a sharded stage, whether its shards ran in the local loop or as tasks
+    of a flow.
+    """
     indexes = {split: finalize_split(out_dir, split, plan) for split, plan in plans.items()}
     write_dataset_index(out_dir, indexes)
-    return StageRun(stats=stats, indexes=indexes, seconds=time.perf_counter() - t0)
+    return StageRun(stats=dict(stats), indexes=indexes, seconds=seconds)
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,3 +26,16 @@ def markdown_table(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> st
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def shard_stats_rows(stats: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One table row per shard from the shards' `_stats.json` contents (any sharded stage)."""
+    rows = []
+    for split, sts in stats.items():
+        for st in sts:
+            c = st["counts"]
+            rows.append({"split": split, "shard": st["shard"], "items": c["items"], "written": c["written"],
+                         "skipped": c["skipped"], "noted": c["noted"], "seconds": st.get("seconds"),
+                         "items_per_second": st.get("items_per_second"), "bytes": st.get("bytes"),
+                         "resumed": bool(st.get("resumed"))})
+    return rows

@@ -28,6 +28,7 @@ from ferpipe.align import decode as _decode
 from ferpipe.align import warp as _warp
 from ferpipe.align.detect import Detections, FaceDetector, choose_face, empty_detections
 from ferpipe.align.params import AlignParams
+from ferpipe.layout import Layout
 
 STAGE = "align"
 # Params that change speed but not a single output byte: left out of shard fingerprints so
@@ -54,6 +55,15 @@ class AlignReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def summary(self) -> str:
+        lines = [f"align {self.dataset}: {self.images_processed} images in {self.seconds:.1f}s "
+                 f"({self.images_per_second:.1f}/s), {self.shards_resumed} shards resumed → {self.out_dir}"]
+        for split, c in self.splits.items():
+            lines.append(f"  {split:>5}: {c['written']} written, {c['skipped']} skipped, {c['noted']} noted")
+        for reason, n in self.skipped_by_reason.items():
+            lines.append(f"  skipped {reason}: {n}")
+        return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,7 +386,12 @@ def align_stage(manifest_path: str | Path, raw_root: str | Path, out_dir: str | 
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    seconds = time.perf_counter() - t0
+    return summarize_align(run, plans, out_dir, params, time.perf_counter() - t0)
+
+
+def summarize_align(run: shards.StageRun, plans: Mapping[str, Sequence[shards.ShardSpec]],
+                    out_dir: str | Path, params: AlignParams, seconds: float) -> AlignReport:
+    """The stage report from the shards' stats (the local loop and the flow both end here)."""
     splits: dict[str, dict[str, int]] = {}
     skipped: dict[str, int] = {}
     noted: dict[str, int] = {}
@@ -455,3 +470,20 @@ def failure_gallery_markdown(thumbs: Sequence[Mapping[str, Any]], title: str = "
         detail = str(t.get("detail") or "").replace("|", "\\|")[:120]
         buf.write(f"| {img} | `{t['key']}` | {t['reason']} | {detail} |\n")
     return buf.getvalue()
+
+
+def write_report(report: AlignReport, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report.to_dict(), indent=1, sort_keys=True))
+    return path
+
+
+def run_align(params, root: Path = Path(".")) -> AlignReport:
+    """Entry point for ``ferpipe align --no-flow``: takes the whole :class:`~ferpipe.config.Params`."""
+    layout = Layout(Path(root))
+    dataset = params.download.dataset
+    report = align_stage(layout.manifest(dataset), layout.raw(dataset), layout.shards("aligned", dataset),
+                         params.align)
+    write_report(report, layout.stage_report("align", dataset))
+    return report
