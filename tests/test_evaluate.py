@@ -140,3 +140,31 @@ def test_missing_synthetic_set_is_skipped_and_reported(tmp_path):
     rep = run_evaluate(params, tmp_path, predictor=FakePredictor())
     assert set(rep.skipped_sets) == {"subsets", "synthetic-occlusion"} and "clean" in rep.metrics
     assert "skipped" in rep.summary()
+
+
+def test_checkpoint_predictor_on_a_real_model(tmp_path):
+    """A checkpoint as the trainer writes it (untrained orsanet-cpu) predicts every test sample."""
+    import torch
+
+    from ferpipe.models import create_model
+    from ferpipe.train import data as D
+    from ferpipe.train.checkpoint import FORMAT, save_atomic
+    from ferpipe.train.fixtures import write_random_priors
+    from ferpipe.train.presets import get_preset, model_kwargs
+
+    root = write_random_priors(tmp_path / "p", kind="maps", counts=(8, 4, 6), size=112, samples_per_shard=4)
+    ss = D.probe_shards(root)
+    cfg = get_preset("orsanet-cpu")
+    kw = model_kwargs(cfg, ss.facts)
+    torch.manual_seed(0)
+    model = create_model(cfg.model, **kw)
+    save_atomic({"format": FORMAT, "model": model.state_dict(), "label_space": ss.label_space,
+                 "config": cfg.to_dict(), "model_name": cfg.model, "model_kwargs": kw,
+                 "data": {"prior_kind": ss.prior_kind}}, tmp_path / "best.pt")
+    p = CheckpointPredictor(tmp_path / "best.pt", expected_label_space="basic7")
+    urls = shards.shard_urls(root, "test")
+    p.check(urls)
+    pr = p.predict(urls)
+    assert pr.keys == sorted(pr.keys) and len(pr.keys) == 6 and pr.y_prob.shape == (6, 7)
+    assert np.allclose(pr.y_prob.sum(1), 1, atol=1e-5) and pr.features is not None and len(pr.features) == 6
+    assert pr.y_true.tolist() == [i % 7 for i in range(6)]
