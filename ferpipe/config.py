@@ -17,7 +17,11 @@ from pydantic import ValidationError
 from ferpipe._schema import StrictModel
 from ferpipe.align.params import AlignParams
 from ferpipe.errors import ConfigError
+from ferpipe.evaluate.params import EvaluateParams
+from ferpipe.occlusion.params import OcclusionParams
+from ferpipe.priors.params import PriorNetsParams, PriorsParams
 from ferpipe.sources.params import DownloadParams
+from ferpipe.train.params import TrainParams
 
 DEFAULT_PARAMS_FILE = "params.yaml"
 
@@ -27,6 +31,11 @@ class Params(StrictModel):
 
     download: DownloadParams = DownloadParams()
     align: AlignParams = AlignParams()
+    prior_nets: PriorNetsParams = PriorNetsParams()
+    priors: PriorsParams = PriorsParams()
+    occlusion: OcclusionParams = OcclusionParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS_FILE, overrides: Iterable[str] = ()) -> Params:
