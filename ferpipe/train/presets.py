@@ -129,8 +129,9 @@ register_preset("orsanet-large", TrainConfig(
 # The architecture's shape at CPU scale: 112 input, nearest-halved to 56 for a 3-stage IR trunk
 # (as the release halves 224 -> 112; widths 24/48/96, units 1/2/2) giving the 7x7 map, 49
 # tokens of width 96, a depth-2 pyramid, small prior encoders (widths 8/16/32). Plain AdamW (SAM would double the step cost) with cosine decay; the
-# release's loss schedule, rebalancing, flip and erasing are kept. Tuned on the embedded
-# synthetic set (~1,500 train faces): see benchmarks/results/train_step.json.
+# release's loss schedule, rebalancing, flip and erasing are kept. On the embedded synthetic set
+# (1,512 train / 168 val / 420 test, GT-aligned maps priors at 112) 10 epochs gave val 94.6%
+# (best epoch 9), clean test 90.7%, in 980 s on 1 thread of a shared, heavily loaded 2-core box.
 register_preset("orsanet-cpu", TrainConfig(
     model="orsanet",
     model_kwargs={"variant": "small", "depth": 2, "embed_dim": 96, "num_heads": 4, "ir_widths": (24, 48, 96),
