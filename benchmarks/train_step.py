@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -42,13 +43,18 @@ RESULTS = Path(__file__).parent / "results" / "train_step.json"
 BATCH_LARGE = 8
 
 
-def _time_steps(step, warmup: int, steps: int) -> float:
-    for _ in range(warmup):
-        step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - t0) / max(steps, 1)
+def _interleaved(steps: dict, rounds: int) -> dict:
+    """Median seconds per step of each config, timed round-robin (one step of each per round) so
+    that load from other processes on a shared machine hits every config alike."""
+    for fn in steps.values():
+        fn()  # warm-up (allocator, oneDNN primitive cache)
+    times = {k: [] for k in steps}
+    for _ in range(rounds):
+        for k, fn in steps.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _sam_step(model, inputs, y, optimizer_name="sam-adam", fused=False, channels_last=False, lr=4e-5):
@@ -79,24 +85,25 @@ def bench_large(steps: int, out: dict) -> None:
     print(f"large: |online(x) - features(x, priors(x))|_max = {diff:.2e}  (lmk {tuple(lmk.shape)}, seg {tuple(seg.shape)})")
     # Cached priors arrive as fp16 from the shards and are cast on the device, as the loop does.
     lmk16, seg16 = lmk.half(), seg.half()
-    rows = {}
-    t = _time_steps(_sam_step(feats, [x, lmk16.float(), seg16.float()], y), 1, steps)
-    rows["features_sam"] = t
-    print(f"large features (cached priors) SAM step: {t:.2f}s  ({BATCH_LARGE / t:.2f} img/s)")
-    t = _time_steps(_sam_step(online, [x], y), 1, max(1, steps - 1))
-    rows["online_sam"] = t
-    print(f"large online (frozen nets, release) SAM step: {t:.2f}s  ({BATCH_LARGE / t:.2f} img/s)")
-    out["large_sam_step_s"] = rows
-    out["large_cached_speedup"] = rows["online_sam"] / rows["features_sam"]
-    del online
-    # Trainer speedups on the cached-priors step.
-    sp = {}
-    for name, kw in (("channels_last", {"channels_last": True}), ("fused_adam", {"fused": True})):
+    models = {"features_sam": feats}
+    for name in ("channels_last", "fused_adam"):
         m = create_model("orsanet", variant="large", priors="features")
         m.load_state_dict(feats.state_dict())
-        sp[name] = _time_steps(_sam_step(m, [x, lmk, seg], y, **kw), 1, steps)
-        print(f"large features SAM step + {name}: {sp[name]:.2f}s (x{rows['features_sam'] / sp[name]:.2f})")
-    out["large_speedups_s"] = sp
+        models[name] = m
+    fns = {
+        "features_sam": _sam_step(models["features_sam"], [x, lmk16.float(), seg16.float()], y),
+        "online_sam": _sam_step(online, [x], y),
+        "channels_last": _sam_step(models["channels_last"], [x, lmk, seg], y, channels_last=True),
+        "fused_adam": _sam_step(models["fused_adam"], [x, lmk, seg], y, fused=True),
+    }
+    rows = _interleaved(fns, steps)
+    out["large_sam_step_s"] = rows
+    out["large_cached_speedup"] = rows["online_sam"] / rows["features_sam"]
+    print(f"large features (cached priors) SAM step: {rows['features_sam']:.2f}s ({BATCH_LARGE / rows['features_sam']:.2f} img/s)")
+    print(f"large online (frozen nets, release) SAM step: {rows['online_sam']:.2f}s "
+          f"({BATCH_LARGE / rows['online_sam']:.2f} img/s); cached priors x{out['large_cached_speedup']:.2f} faster")
+    for name in ("channels_last", "fused_adam"):
+        print(f"large features SAM step + {name}: {rows[name]:.2f}s (x{rows['features_sam'] / rows[name]:.2f})")
 
 
 def _cpu_model_and_batch(shards: D.ShardSet, batch: int):
@@ -110,20 +117,20 @@ def _cpu_model_and_batch(shards: D.ShardSet, batch: int):
 
 def bench_cpu_preset(shards: D.ShardSet, steps: int, workers: int, out: dict) -> None:
     cfg, model, inputs, y = _cpu_model_and_batch(shards, 32)
-    res = {}
-    base = _time_steps(_sam_step(model, inputs, y, optimizer_name=cfg.optimizer, lr=cfg.lr), 1, steps)
-    res["step_s"] = base
-    res["train_images_per_s"] = 32 / base
-    print(f"orsanet-cpu ({shards.prior_kind}, batch 32, {cfg.optimizer}): {base:.3f}s/step, {32 / base:.1f} img/s")
-    _, m2, _, _ = _cpu_model_and_batch(shards, 32)
-    sam = _time_steps(_sam_step(m2, inputs, y, optimizer_name="sam-adam", lr=cfg.lr), 1, steps)
-    res["sam_step_s"] = sam
-    print(f"orsanet-cpu with SAM-Adam instead: {sam:.3f}s/step (x{sam / base:.2f} the cost)")
+    fns = {"base": _sam_step(model, inputs, y, optimizer_name=cfg.optimizer, lr=cfg.lr)}
+    _, m, _, _ = _cpu_model_and_batch(shards, 32)
+    fns["sam_adam"] = _sam_step(m, inputs, y, optimizer_name="sam-adam", lr=cfg.lr)
     for name, kw in (("channels_last", {"channels_last": True}), ("fused", {"fused": True})):
         _, m, _, _ = _cpu_model_and_batch(shards, 32)
-        t = _time_steps(_sam_step(m, inputs, y, optimizer_name=cfg.optimizer, lr=cfg.lr, **kw), 1, steps)
-        res[f"{name}_step_s"] = t
-        print(f"orsanet-cpu + {name}: {t:.3f}s/step (x{base / t:.2f})")
+        fns[name] = _sam_step(m, inputs, y, optimizer_name=cfg.optimizer, lr=cfg.lr, **kw)
+    t = _interleaved(fns, steps)
+    base = t["base"]
+    res = {"step_s": base, "train_images_per_s": 32 / base, "sam_step_s": t["sam_adam"],
+           "channels_last_step_s": t["channels_last"], "fused_step_s": t["fused"]}
+    print(f"orsanet-cpu ({shards.prior_kind}, batch 32, {cfg.optimizer}): {base:.3f}s/step, {32 / base:.1f} img/s")
+    print(f"orsanet-cpu with SAM-Adam instead: {t['sam_adam']:.3f}s/step (x{t['sam_adam'] / base:.2f} the cost)")
+    for name in ("channels_last", "fused"):
+        print(f"orsanet-cpu + {name}: {t[name]:.3f}s/step (x{base / t[name]:.2f})")
     # torch.compile: outputs compared with eager in eval mode.
     _, m, _, _ = _cpu_model_and_batch(shards, 32)
     try:
@@ -133,7 +140,8 @@ def bench_cpu_preset(shards: D.ShardSet, steps: int, workers: int, out: dict) ->
             m.eval()
             diff = (cm(*inputs) - m(*inputs)).abs().max().item()
         compile_s = time.perf_counter() - t0
-        t = _time_steps(_sam_step(cm, inputs, y, optimizer_name=cfg.optimizer, lr=cfg.lr), 1, steps)
+        m.train()
+        t = _interleaved({"compiled": _sam_step(cm, inputs, y, optimizer_name=cfg.optimizer, lr=cfg.lr)}, steps)["compiled"]
         res.update(compile_step_s=t, compile_seconds=compile_s, compile_max_abs_diff=diff)
         print(f"orsanet-cpu + torch.compile: {t:.3f}s/step (x{base / t:.2f}); compile+first call {compile_s:.0f}s; "
               f"|compiled - eager|_max = {diff:.1e}")
@@ -163,7 +171,7 @@ def bench_cpu_preset(shards: D.ShardSet, steps: int, workers: int, out: dict) ->
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shards", help="priors shards for the CPU preset (default: random maps shards at 112)")
-    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=3, help="timed rounds per configuration (median)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--skip-large", action="store_true")
