@@ -155,7 +155,8 @@ def main() -> None:
     if args.skip_official and out.is_file():  # keep the earlier official measurements
         results += [r for r in json.loads(out.read_text()).get("results", []) if r["backend"] == "official"]
     doc = {"machine": {"cpu_count_visible": torch.get_num_threads(), "platform": platform.platform(),
-                       "torch": torch.__version__, "note": "shared 2-core CPU; other jobs ran at the same time"},
+                       "torch": torch.__version__, "loadavg_after": [round(x, 2) for x in __import__("os").getloadavg()],
+                       "note": "shared 2-core CPU: other jobs may run at the same time"},
            "threads": args.threads, "aligned_size": 224, "results": results}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
