@@ -15,6 +15,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 
 from ferpipe.layout import Layout
 from ferpipe.train import TrainParams, TrainReport, train_stage
+from ferpipe.train.stage import train_params_for
 from flows._common import artifact_key, params_for
 
 _HISTORY_COLUMNS = ("epoch", "train_loss", "val_acc", "val_macro_f1", "val_loss", "lr", "seconds")
@@ -57,4 +58,4 @@ def run_train_params(train: TrainParams, root: str | Path = ".") -> TrainReport:
 def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = None,
                root: str = ".") -> TrainReport:
     params = params_for(params_path, overrides)
-    return run_train_params(params.train, root)
+    return run_train_params(train_params_for(params), root)

@@ -17,7 +17,8 @@ from ferpipe._schema import StrictModel
 class TrainParams(StrictModel):
     """Training of one model on one dataset's priors shards (see :mod:`ferpipe.train.stage`)."""
 
-    dataset: str = "synthetic"          # data/priors/<dataset> -> models/train/<dataset>
+    # data/priors/<dataset> -> models/train/<dataset>; None: download.dataset, like every stage.
+    dataset: str | None = None
     preset: str = "orsanet-cpu"         # a name from ferpipe.train.presets.list_presets()
     # Where the shards are (default data/priors/<dataset>) and where checkpoints go
     # (default models/train/<dataset>); relative paths are under the project root.

@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.distributed as dist
 
+from ferpipe.errors import ConfigError
 from ferpipe.layout import Layout
 from ferpipe.shards import write_json_atomic
 
@@ -126,6 +127,9 @@ def _init_distributed() -> bool:
 def train_stage(params: TrainParams, layout: Layout, callbacks: Sequence[EpochCallback] = ()) -> TrainReport:
     """Train per ``params``; ``callbacks(info)`` run after every epoch on rank 0 (a Prefect flow
     passes one that updates its progress artifact; the library never imports Prefect)."""
+    if not params.dataset:
+        raise ConfigError("train.dataset is unset: resolve it with train_params_for(params), "
+                          "which defaults it to download.dataset")
     root = layout.root
     shards_dir = _path(root, params.shards_dir, layout.shards("priors", params.dataset))
     model_dir = _path(root, params.model_dir, layout.models / "train" / params.dataset)
@@ -183,6 +187,12 @@ def _report(params: TrainParams, cfg: TrainConfig, result: TrainResult, model_di
                                 "curves": rel(report_dir / "curves.png")})
 
 
+def train_params_for(params) -> TrainParams:
+    """``train.*`` with ``dataset`` defaulting to ``download.dataset``, the name every stage uses."""
+    train = params.train
+    return train if train.dataset else train.model_copy(update={"dataset": params.download.dataset})
+
+
 def run_train(params, root: Path = Path(".")) -> TrainReport:
     """Entry point for ``ferpipe train --no-flow``: takes the whole :class:`Params`."""
-    return train_stage(params.train, Layout(Path(root)))
+    return train_stage(train_params_for(params), Layout(Path(root)))
