@@ -564,3 +564,21 @@ def iter_tar_members(path: str | os.PathLike) -> Iterator[tuple[str, bytes]]:
         for m in tar:
             f = tar.extractfile(m)
             yield m.name, (f.read() if f is not None else b"")
+
+
+def iter_tar_samples(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) per sample of one shard, in file order, without WebDataset.
+
+    Members of a sample are adjacent (the writer guarantees it); the extension is everything
+    after the key's first dot, as WebDataset splits it.
+    """
+    key, fields = None, {}
+    for name, data in iter_tar_members(path):
+        k, ext = name.split(".", 1)
+        if k != key and key is not None:
+            yield key, fields
+            fields = {}
+        key = k
+        fields[ext] = data
+    if key is not None:
+        yield key, fields

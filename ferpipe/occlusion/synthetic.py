@@ -150,19 +150,6 @@ def _fingerprint(spec: shards.ShardSpec, params: OcclusionParams, recompute_desc
 # --- the per-shard worker ----------------------------------------------------------------------
 
 
-def _read_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    cur, fields = None, {}
-    for name, data in shards.iter_tar_members(path):
-        k, ext = name.split(".", 1)
-        if k != cur and cur is not None:
-            yield cur, fields
-            fields = {}
-        cur = k
-        fields[ext] = data
-    if cur is not None:
-        yield cur, fields
-
-
 def _decode_png(data: bytes) -> np.ndarray:
     return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
 
@@ -197,7 +184,7 @@ class OcclusionWorker:
             wanted: dict[str, list[Mapping[str, Any]]] = {}
             for it in items:
                 wanted.setdefault(str(it["source_key"]), []).append(it)
-            for key, fields in _read_samples(self.source_dir / src):
+            for key, fields in shards.iter_tar_samples(self.source_dir / src):
                 if key not in wanted:
                     continue
                 try:
@@ -457,7 +444,7 @@ def gallery_markdown(out_dir: str | os.PathLike, source_dir: str | os.PathLike, 
     out_dir, source_dir = Path(out_dir), Path(source_dir)
     picked: dict[str, list[tuple[str, dict[str, bytes]]]] = {}
     for url in shards.shard_urls(out_dir, SET_NAME):
-        for key, fields in _read_samples(Path(url)):
+        for key, fields in shards.iter_tar_samples(Path(url)):
             occ = json.loads(fields["json"])["occlusion"]
             lst = picked.setdefault(occ["occluder"], [])
             if len(lst) < limit:
@@ -470,7 +457,7 @@ def gallery_markdown(out_dir: str | os.PathLike, source_dir: str | os.PathLike, 
     want = {json.loads(f["json"])["occlusion"]["source_key"] for _, f in order}
     originals: dict[str, np.ndarray] = {}
     for url in shards.shard_urls(source_dir, source_split):
-        for key, fields in _read_samples(Path(url)):
+        for key, fields in shards.iter_tar_samples(Path(url)):
             if key in want:
                 originals[key] = _rgb(fields["jpg"])
     lines = [f"## {SET_NAME} ({len(order)} samples; procedural occluders, not Occlu-FER)", "",

@@ -397,7 +397,7 @@ def gallery_rows(out_dir: str | os.PathLike, split: str | None = None, limit: in
         split = _aligned_splits(out_dir)[0]
     rows = []
     for tar in shards.shard_urls(out_dir, split):
-        for key, fields in _read_all(Path(tar)):
+        for key, fields in shards.iter_tar_samples(Path(tar)):
             rgb = np.asarray(Image.open(io.BytesIO(fields["jpg"])).convert("RGB"))
             flip = np.ascontiguousarray(rgb[:, ::-1])
             row = {"key": key}
@@ -418,19 +418,6 @@ def gallery_rows(out_dir: str | os.PathLike, split: str | None = None, limit: in
             if len(rows) >= limit:
                 return rows
     return rows
-
-
-def _read_all(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    cur, fields = None, {}
-    for name, data in shards.iter_tar_members(path):
-        k, ext = name.split(".", 1)
-        if k != cur and cur is not None:
-            yield cur, fields
-            fields = {}
-        cur = k
-        fields[ext] = data
-    if cur is not None:
-        yield cur, fields
 
 
 def gallery_markdown(rows: Sequence[Mapping[str, Any]], kind: str, title: str = "Priors") -> str:
