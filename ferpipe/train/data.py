@@ -50,6 +50,7 @@ missing (NaN, an empty heatmap) and parsing pixels inside it as "no class" (255)
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -254,52 +255,65 @@ class _EpochShards(torch.utils.data.IterableDataset):
             yield {"url": u}
 
 
+# Pipeline stages are module-level generators bound with functools.partial, never closures:
+# DataLoader workers start by forkserver, which pickles the pipeline.
+
+
+def _rank_worker_seed(rank: int) -> int:
+    return rank * 1000 + _worker()[0]
+
+
+def _slot_filter_stage(src, n_urls: int, rank: int, world: int, per_worker: bool):
+    worker, workers = _worker() if per_worker else (0, 1)
+    slots, slot = world * workers, rank * workers + worker
+    if n_urls >= slots:
+        yield from src
+        return
+    for s in src:
+        if _key_hash(s["__key__"]) % slots == slot:
+            yield s
+
+
 def _slot_filter(n_urls: int, rank: int, world: int, per_worker: bool):
     """Keep a sample only in its slot when there are fewer shards than slots (disjoint split)."""
+    return functools.partial(_slot_filter_stage, n_urls=n_urls, rank=rank, world=world, per_worker=per_worker)
 
-    def run(src):
-        worker, workers = _worker() if per_worker else (0, 1)
-        slots, slot = world * workers, rank * workers + worker
-        if n_urls >= slots:
-            yield from src
-            return
-        for s in src:
-            if _key_hash(s["__key__"]) % slots == slot:
-                yield s
 
-    return run
+def _repeat_by_draws_stage(src, draws: dict[str, int] | None):
+    for s in src:
+        n = 1 if draws is None else draws.get(s["__key__"], 0)
+        for r in range(n):
+            yield {**s, "__repeat__": r}
 
 
 def _repeat_by_draws(draws: dict[str, int] | None):
-    def run(src):
-        for s in src:
-            n = 1 if draws is None else draws.get(s["__key__"], 0)
-            for r in range(n):
-                yield {**s, "__repeat__": r}
+    return functools.partial(_repeat_by_draws_stage, draws=draws)
 
-    return run
+
+def _accept_by_weight_stage(src, label_weights: np.ndarray | None, seed: int, epoch: int, rank: int):
+    worker, _ = _worker()
+    rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, rank, worker, 0xACC]))
+    top = None if label_weights is None else float(label_weights.max())
+    for n, s in enumerate(src):
+        if top is not None and rng.random() >= label_weights[int(s["cls"])] / top:
+            continue
+        yield {**s, "__repeat__": n}  # distinct augmentation for every accepted draw
 
 
 def _accept_by_weight(label_weights: np.ndarray | None, seed: int, epoch: int, rank: int):
-    def run(src):
-        worker, _ = _worker()
-        rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, rank, worker, 0xACC]))
-        top = None if label_weights is None else float(label_weights.max())
-        for n, s in enumerate(src):
-            if top is not None and rng.random() >= label_weights[int(s["cls"])] / top:
-                continue
-            yield {**s, "__repeat__": n}  # distinct augmentation for every accepted draw
+    return functools.partial(_accept_by_weight_stage, label_weights=label_weights, seed=seed, epoch=epoch,
+                             rank=rank)
 
-    return run
+
+def _seeded_shuffle_stage(src, bufsize: int, initial: int, seed: int, epoch: int, rank: int):
+    worker, _ = _worker()
+    return wds.filters._shuffle(src, bufsize, min(initial, bufsize),
+                                seed=wds.utils.make_seed(seed, epoch, rank, worker, 0x5F))
 
 
 def _seeded_shuffle(bufsize: int, initial: int, seed: int, epoch: int, rank: int):
-    def run(src):
-        worker, _ = _worker()
-        return wds.filters._shuffle(src, bufsize, min(initial, bufsize),
-                                    seed=wds.utils.make_seed(seed, epoch, rank, worker, 0x5F))
-
-    return run
+    return functools.partial(_seeded_shuffle_stage, bufsize=bufsize, initial=initial, seed=seed, epoch=epoch,
+                             rank=rank)
 
 
 @dataclass(frozen=True)
@@ -413,12 +427,13 @@ def collate(samples: Sequence[tuple]) -> dict[str, Any]:
     }
 
 
-def _decoded(aug: Augment):
-    def run(src):
-        for s in src:
-            yield transform_sample(s, aug)
+def _decoded_stage(src, aug: Augment):
+    for s in src:
+        yield transform_sample(s, aug)
 
-    return run
+
+def _decoded(aug: Augment):
+    return functools.partial(_decoded_stage, aug=aug)
 
 
 # --- the pipelines --------------------------------------------------------------------------------
@@ -441,7 +456,7 @@ def train_pipeline(urls: Sequence[str], aug: Augment, batch_size: int, *, seed: 
     if resampled:
         pool = urls[rank::world] if len(urls) >= world else urls
         shards = wds.ResampledShards(pool, seed=wds.utils.make_seed(seed, epoch), deterministic=True,
-                                     worker_seed=lambda: rank * 1000 + _worker()[0])
+                                     worker_seed=functools.partial(_rank_worker_seed, rank))
         node_split = _slot_filter(len(urls), rank, world, per_worker=False)
         rebalance = _accept_by_weight(label_weights, seed, epoch, rank)
     else:
@@ -478,12 +493,19 @@ def eval_pipeline(urls: Sequence[str], aug: Augment, batch_size: int) -> wds.Dat
     )
 
 
+WORKER_START_METHOD = "forkserver"
+
+
 def make_loader(pipeline: wds.DataPipeline, num_workers: int, *, nbatches: int | None = None,
                 pin_memory: bool = False, generator: torch.Generator | None = None) -> wds.WebLoader:
     """Batches are formed in the workers (batch_size=None here). ``nbatches`` fixes the epoch
     length (resampled/DDP mode)."""
+    # forkserver, not fork: a training process often runs threads already (Prefect's engine and
+    # its ephemeral API server, DVCLive); forking a threaded process killed workers on start.
+    context = WORKER_START_METHOD if num_workers > 0 else None
     loader = wds.WebLoader(pipeline, batch_size=None, shuffle=False, num_workers=num_workers,
-                           pin_memory=pin_memory, persistent_workers=False, generator=generator)
+                           pin_memory=pin_memory, persistent_workers=False, generator=generator,
+                           multiprocessing_context=context)
     if nbatches is not None:
         loader = loader.with_epoch(nbatches)
     return loader
