@@ -582,3 +582,39 @@ def iter_tar_samples(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, b
         fields[ext] = data
     if key is not None:
         yield key, fields
+
+
+# --------------------------------------------------------------------------------------------
+# Member codecs shared by the stages that write arrays into shards (fixed settings: same bytes)
+
+
+def encode_npy(a) -> bytes:
+    import numpy as np  # noqa: PLC0415
+
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_npy(data: bytes):
+    import numpy as np  # noqa: PLC0415
+
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def encode_png(a, compression: int) -> bytes:
+    import cv2  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(a), [cv2.IMWRITE_PNG_COMPRESSION, int(compression)])
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def decode_png(data: bytes):
+    import cv2  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+

@@ -150,10 +150,6 @@ def _fingerprint(spec: shards.ShardSpec, params: OcclusionParams, recompute_desc
 # --- the per-shard worker ----------------------------------------------------------------------
 
 
-def _decode_png(data: bytes) -> np.ndarray:
-    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-
-
 def _jpg(rgb: np.ndarray, quality: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="JPEG", quality=int(quality), optimize=False, subsampling=0)
@@ -190,7 +186,7 @@ class OcclusionWorker:
                 try:
                     rgb = _rgb(fields["jpg"])
                     meta = json.loads(fields["json"])
-                    parsing = _decode_png(fields["parsing.png"]) if "parsing.png" in fields else None
+                    parsing = shards.decode_png(fields["parsing.png"]) if "parsing.png" in fields else None
                     lmk = (np.load(io.BytesIO(fields["landmarks.npy"]), allow_pickle=False)[0]
                            if "landmarks.npy" in fields else None)
                 except Exception as e:  # noqa: BLE001 - one bad sample, never the shard
@@ -250,19 +246,6 @@ def _counts(values) -> dict[str, int]:
 # --- recompute adapters ------------------------------------------------------------------------
 
 
-def _npy(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
-    return buf.getvalue()
-
-
-def _png(a: np.ndarray, compression: int) -> bytes:
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(a), [cv2.IMWRITE_PNG_COMPRESSION, int(compression)])
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    return buf.tobytes()
-
-
 class BackendRecompute:
     """``recompute_priors`` from a priors backend (``ferpipe.priors.backends``): the same members,
     dtypes and views (view 1 = computed from the mirrored image) the priors stage writes."""
@@ -278,13 +261,13 @@ class BackendRecompute:
         if self.kind == "features":
             l0, s0 = self.backend.features([rgb])
             l1, s1 = self.backend.features([flip])
-            return {"lmk.npy": _npy(np.stack([l0[0], l1[0]]).astype(np.float16)),
-                    "seg.npy": _npy(np.stack([s0[0], s1[0]]).astype(np.float16))}
+            return {"lmk.npy": shards.encode_npy(np.stack([l0[0], l1[0]]).astype(np.float16)),
+                    "seg.npy": shards.encode_npy(np.stack([s0[0], s1[0]]).astype(np.float16))}
         p0, m0 = self.backend.maps([rgb])
         p1, m1 = self.backend.maps([flip])
-        return {"landmarks.npy": _npy(np.stack([p0[0], p1[0]]).astype(np.float32)),
-                "parsing.png": _png(m0[0], self.png_compression),
-                "parsing_flip.png": _png(m1[0], self.png_compression)}
+        return {"landmarks.npy": shards.encode_npy(np.stack([p0[0], p1[0]]).astype(np.float32)),
+                "parsing.png": shards.encode_png(m0[0], self.png_compression),
+                "parsing_flip.png": shards.encode_png(m1[0], self.png_compression)}
 
 
 def backend_recompute(priors_params, models_dir: str | os.PathLike) -> BackendRecompute:

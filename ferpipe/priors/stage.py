@@ -142,39 +142,12 @@ def _fingerprint(spec: shards.ShardSpec, params: PriorsParams, backend_desc: Map
 # encoding
 
 
-def _npy(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
-    return buf.getvalue()
-
-
-def _png(a: np.ndarray, compression: int) -> bytes:
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(a), [cv2.IMWRITE_PNG_COMPRESSION, int(compression)])
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    return buf.tobytes()
-
-
-def decode_npy(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+decode_npy, decode_png = shards.decode_npy, shards.decode_png  # re-exported: other modules import them here
 
 
 def _read_aligned(path: Path, keys: set[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {ext: bytes}) for the aligned shard's samples in file order."""
-    cur, fields = None, {}
-    for name, data in shards.iter_tar_members(path):
-        k, ext = name.split(".", 1)
-        if k != cur:
-            if cur is not None and cur in keys:
-                yield cur, fields
-            cur, fields = k, {}
-        fields[ext] = data
-    if cur is not None and cur in keys:
-        yield cur, fields
+    """(key, {ext: bytes}) for the aligned shard's samples in ``keys``, in file order."""
+    return ((k, f) for k, f in shards.iter_tar_samples(path) if k in keys)
 
 
 class _PriorsWorker:
@@ -249,14 +222,14 @@ class _PriorsWorker:
             if self.params.kind == "features":
                 shapes = {"lmk": list(r["lmk.npy"].shape), "seg": list(r["seg.npy"].shape),
                           "dtype": "float16"}
-                sample["lmk.npy"] = _npy(r["lmk.npy"])
-                sample["seg.npy"] = _npy(r["seg.npy"])
+                sample["lmk.npy"] = shards.encode_npy(r["lmk.npy"])
+                sample["seg.npy"] = shards.encode_npy(r["seg.npy"])
             else:
                 shapes = {"landmarks": list(r["landmarks.npy"].shape), "landmarks_dtype": "float32",
                           "parsing": list(r["parsing"].shape), "parsing_dtype": "uint8"}
-                sample["landmarks.npy"] = _npy(r["landmarks.npy"])
-                sample["parsing.png"] = _png(r["parsing"], self.params.png_compression)
-                sample["parsing_flip.png"] = _png(r["parsing_flip"], self.params.png_compression)
+                sample["landmarks.npy"] = shards.encode_npy(r["landmarks.npy"])
+                sample["parsing.png"] = shards.encode_png(r["parsing"], self.params.png_compression)
+                sample["parsing_flip.png"] = shards.encode_png(r["parsing_flip"], self.params.png_compression)
             sample["json"] = {**meta, "priors": self._prior_meta(shapes)}
             sink.add(sample)
         return seconds
