@@ -153,6 +153,9 @@ _WHAT = {
 }
 
 
+_TIMING_KEYS = ("seconds", "images_per_second")
+
+
 def save_prior_net(model: PriorNet, path: str | os.PathLike, metrics: Mapping[str, Any],
                    train: Mapping[str, Any]) -> None:
     from ferpipe.shards import _jsonable, atomic_file  # noqa: PLC0415
@@ -160,7 +163,10 @@ def save_prior_net(model: PriorNet, path: str | os.PathLike, metrics: Mapping[st
     arch = PARSER_ARCH if model.task == "parser" else LANDMARK_ARCH
     obj = {"format": CKPT_FORMAT, "arch": arch, "config": model.config(),
            "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-           "metrics": _jsonable(dict(metrics)), "train": _jsonable(dict(train))}
+           "metrics": _jsonable(dict(metrics)),
+           # Timings stay in metrics.json: the checkpoint's bytes must depend on the training
+           # only, so an identical rerun leaves the priors stage (its dependant) untouched.
+           "train": _jsonable({k: v for k, v in train.items() if k not in _TIMING_KEYS})}
     with atomic_file(path) as f:
         torch.save(obj, f)
 
