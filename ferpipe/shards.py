@@ -566,6 +566,17 @@ def iter_tar_members(path: str | os.PathLike) -> Iterator[tuple[str, bytes]]:
             yield m.name, (f.read() if f is not None else b"")
 
 
+def tar_keys(path: str | os.PathLike) -> list[str]:
+    """The sample keys of one shard, in file order (headers only; no member is read)."""
+    keys: list[str] = []
+    with tarfile.open(path, "r") as tar:
+        for m in tar:
+            k = m.name.split(".", 1)[0]
+            if not keys or keys[-1] != k:
+                keys.append(k)
+    return keys
+
+
 def iter_tar_samples(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {extension: bytes}) per sample of one shard, in file order, without WebDataset.
 

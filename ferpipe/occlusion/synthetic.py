@@ -98,16 +98,6 @@ def occlude(rgb: np.ndarray, parsing: np.ndarray | None, landmarks68: np.ndarray
 # --- planning -----------------------------------------------------------------------------------
 
 
-def _tar_keys(path: Path) -> list[str]:
-    keys: list[str] = []
-    with tarfile.open(path, "r") as tar:
-        for m in tar:
-            k = m.name.split(".", 1)[0]
-            if not keys or keys[-1] != k:
-                keys.append(k)
-    return keys
-
-
 def out_key(key: str, variant: int, variants: int) -> str:
     return key if variants == 1 else f"{key}_v{variant}"
 
@@ -122,7 +112,7 @@ def plan_occlusion(source_dir: str | os.PathLike, split: str = "test", variants:
         m = _SHARD_RE.match(entry["name"])
         if m is None:
             raise ValueError(f"{source_dir}/{entry['name']}: not a <split>-NNNNNN.tar name")
-        keys = _tar_keys(source_dir / entry["name"]) if entry["samples"] else []
+        keys = shards.tar_keys(source_dir / entry["name"]) if entry["samples"] else []
         items = sorted(({"key": out_key(k, v, variants), "source_key": k, "variant": v,
                          "source_shard": entry["name"], "source_sha256": entry["sha256"]}
                         for k in keys for v in range(variants)), key=lambda it: it["key"])

@@ -98,16 +98,6 @@ def _aligned_splits(aligned_dir: Path) -> list[str]:
         s for s in present if s not in ("train", "val", "test")]
 
 
-def _tar_keys(path: Path) -> list[str]:
-    keys: list[str] = []
-    with tarfile.open(path, "r") as tar:
-        for m in tar:
-            k = m.name.split(".", 1)[0]
-            if not keys or keys[-1] != k:
-                keys.append(k)
-    return keys
-
-
 def plan_priors(aligned_dir: str | os.PathLike) -> dict[str, list[shards.ShardSpec]]:
     """One spec per aligned shard (same split, index, keys); items carry the source shard
     name and sha256, so a changed aligned shard changes the fingerprint."""
@@ -122,7 +112,7 @@ def plan_priors(aligned_dir: str | os.PathLike) -> dict[str, list[shards.ShardSp
             m = _SHARD_RE.match(entry["name"])
             if m is None:
                 raise ValueError(f"{aligned_dir}/{entry['name']}: not a <split>-NNNNNN.tar name")
-            keys = _tar_keys(aligned_dir / entry["name"]) if entry["samples"] else []
+            keys = shards.tar_keys(aligned_dir / entry["name"]) if entry["samples"] else []
             items = tuple({"key": k, "source_shard": entry["name"], "source_sha256": entry["sha256"]}
                           for k in keys)
             specs.append(shards.ShardSpec(split=split, index=int(m.group("index")), items=items))
