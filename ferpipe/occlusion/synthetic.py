@@ -33,7 +33,6 @@ import io
 import json
 import os
 import re
-import tarfile
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
