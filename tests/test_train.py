@@ -21,6 +21,7 @@ from torch import nn
 from ferpipe.errors import ConfigError, FerpipeError
 from ferpipe.layout import Layout
 from ferpipe.train import data as D
+from ferpipe.losses.criterion import Criterion, list_criteria, logits_of, register_criterion
 from ferpipe.train import presets
 from ferpipe.train.checkpoint import FORMAT, load
 from ferpipe.train.fixtures import FLIP68, flip_landmarks, flip_parsing, write_random_priors
@@ -211,10 +212,17 @@ def test_presets_and_overrides():
     large = presets.get_preset("orsanet-large")
     assert (large.optimizer, large.lr, large.gamma, large.batch_size, large.img_size) == ("sam-adam", 4e-5, 0.98, 20, 224)
     assert (large.sampler, large.erase_p, large.loss) == ("rebalance", 0.5, "orsanet")
-    cfg = presets.resolve(TrainParams(preset="orsanet-large", lr=1e-4, epochs=3, model={"depth": 6}))
+    cfg = presets.resolve(TrainParams(preset="orsanet-large", lr=1e-4, epochs=3, model_kwargs={"depth": 6}))
     assert (cfg.lr, cfg.epochs, cfg.model_kwargs["depth"], cfg.model_kwargs["variant"]) == (1e-4, 3, 6, "large")
+    assert presets.resolve(TrainParams()).preset == "orsanet-cpu"   # <model>-cpu when no preset is named
     with pytest.raises(ConfigError, match="unknown preset"):
         presets.resolve(TrainParams(preset="nope"))
+    with pytest.raises(ConfigError, match="unknown preset 'nope-cpu'"):
+        presets.resolve(TrainParams(model="nope"))
+    with pytest.raises(ConfigError, match="trains model 'orsanet'"):
+        presets.resolve(TrainParams(model="ran", preset="orsanet-large"))
+    with pytest.raises(ConfigError, match="loss_kwargs"):
+        presets.resolve(TrainParams(loss_kwargs={"no_such_knob": 1}))
     with pytest.raises(ConfigError, match="loss"):
         presets.resolve(TrainParams(loss="nope"))
     kw = presets.model_kwargs(large, {"prior_kind": "features", "num_classes": 7, "lmk_channels": 512,
@@ -292,13 +300,13 @@ def test_incompatible_resume_is_refused(feat, tmp_path):
 
 
 def test_nan_loss_stops_naming_epoch_and_step(feat, tmp_path):
-    def schedule(epoch):
-        def loss(logits, y):
-            base = nn.functional.cross_entropy(logits, y)
-            return base * float("nan") if epoch == 2 else base
-        return loss
+    class NanAtEpoch2(Criterion):
+        def forward(self, outputs, y):
+            base = nn.functional.cross_entropy(logits_of(outputs), y)
+            return base * float("nan") if self.epoch == 2 else base
 
-    presets.LOSSES.setdefault("test-nan-at-2", schedule)
+    if "test-nan-at-2" not in list_criteria():
+        register_criterion("test-nan-at-2", NanAtEpoch2)
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 1"):
         fit(tiny_cfg(epochs=3, loss="test-nan-at-2"), feat, tmp_path / "m", _opts())
     assert load(tmp_path / "m" / "last.pt")["epoch"] == 1

@@ -145,10 +145,10 @@ class CheckpointPredictor:
 
         if self._model is None:
             self._build()
-        cfg = self.ckpt.get("config", {})
-        aug = D.Augment(prior_kind=self.ckpt.get("data", {}).get("prior_kind", "none"),
-                        img_size=int(cfg.get("img_size", 224)), mean=tuple(cfg.get("mean", D.IMAGENET_MEAN)),
-                        std=tuple(cfg.get("std", D.IMAGENET_STD)), train=False)
+        from ferpipe.train.loop import predict_logits  # noqa: PLC0415
+
+        aug = D.augment_for(self.ckpt.get("config", {}), self.ckpt.get("data", {}).get("prior_kind", "none"),
+                            train=False)
         loader = D.make_loader(D.eval_pipeline(list(urls), aug, self.batch_size),
                                D.eval_workers(list(urls), self.num_workers))
         keys, ys, probs = [], [], []
@@ -158,7 +158,7 @@ class CheckpointPredictor:
                 img = batch["image"].to(self.device)
                 priors = [p.to(self.device).float() if p.is_floating_point() else p.to(self.device)
                           for p in batch["priors"]]
-                logits = self._model(img, *priors)
+                logits = predict_logits(self._model, img, priors)
                 probs.append(torch.softmax(logits.float(), 1).cpu().numpy())
                 ys.append(batch["label"].numpy())
                 keys.extend(batch["key"])

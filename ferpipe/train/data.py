@@ -333,6 +333,30 @@ class Augment:
     train: bool = True
     seed: int = 0
     epoch: int = 0
+    # Crops (methods without priors): decode at ``resize_to`` (default img_size), then take
+    # img_size crops. train_crop: none | five (one of FiveCrop's five at random, DACL) | ten
+    # (all ten, stacked; the batch is flattened and labels repeated, Ada-DF on SFEW).
+    # test_crop: none | center | ten (logits averaged over the ten).
+    resize_to: int | None = None
+    train_crop: str = "none"
+    test_crop: str = "none"
+    randaugment: str | None = None  # a timm RandAugment config string, e.g. rand-m5-n3-mstd0.5
+
+    @property
+    def crop(self) -> str:
+        return self.train_crop if self.train else self.test_crop
+
+
+def augment_for(config: dict[str, Any], prior_kind: str, train: bool = True) -> Augment:
+    """The :class:`Augment` a training config (``TrainConfig.to_dict()``, as stored in every
+    checkpoint) prescribes; evaluation of a checkpoint rebuilds its inputs from this."""
+    c = config
+    return Augment(prior_kind=prior_kind if c.get("priors", True) else "none", img_size=int(c.get("img_size", 224)),
+                   mean=tuple(c.get("mean", IMAGENET_MEAN)), std=tuple(c.get("std", IMAGENET_STD)),
+                   flip_p=float(c.get("flip_p", FLIP_P)), erase_p=float(c.get("erase_p", ERASE_P)),
+                   erase_priors=c.get("erase_priors", "clean"), train=train, seed=int(c.get("seed", 0)),
+                   resize_to=c.get("resize_to"), train_crop=c.get("train_crop", "none"),
+                   test_crop=c.get("test_crop", "none"), randaugment=c.get("randaugment"))
 
 
 def _decode_image(data: bytes, size: int) -> tuple[np.ndarray, int]:
@@ -364,15 +388,57 @@ def _erase_box(rng: np.random.Generator, img: torch.Tensor, aug: Augment):
     return int(i), int(j), int(h), int(w)
 
 
-def transform_sample(s: dict[str, Any], aug: Augment) -> tuple:
-    """Raw sample -> (image float [3,S,S], priors tuple, label, key). See the module docstring."""
-    key = s["__key__"]
-    img, src = _decode_image(s["jpg"], aug.img_size)
-    rng = np.random.default_rng(np.random.SeedSequence(
-        [aug.seed, aug.epoch, _key_hash(key), int(s.get("__repeat__", 0)), 0xA06]))
+CROP_MODES = ("none", "center", "five", "ten")
+
+
+def _crops(img: np.ndarray, size: int, mode: str, rng: np.random.Generator) -> list[np.ndarray]:
+    """torchvision's FiveCrop / TenCrop order: tl, tr, bl, br, centre (then their mirrors)."""
+    h, w = img.shape[:2]
+    if mode == "none":
+        return [img]
+    if size > min(h, w):
+        raise DataError(f"crop {size} is larger than the decoded image {w}x{h}; set resize_to >= img_size")
+    top, left = (h - size) // 2, (w - size) // 2
+    centre = img[top:top + size, left:left + size]
+    if mode == "center":
+        return [centre]
+    five = [img[:size, :size], img[:size, w - size:], img[h - size:, :size], img[h - size:, w - size:], centre]
+    if mode == "five":
+        return [five[int(rng.integers(0, 5))]]
+    if mode == "ten":
+        return five + [c[:, ::-1] for c in five]
+    raise DataError(f"unknown crop mode {mode!r}; use one of {CROP_MODES}")
+
+
+@functools.lru_cache(maxsize=8)
+def _rand_augment(config: str, img_size: int):
+    from timm.data.auto_augment import rand_augment_transform
+
+    # The release's hparams: translate_const 117 (of 224) and the fill colour (124, 116, 104).
+    return rand_augment_transform(config, {"translate_const": int(round(img_size * 117 / 224)),
+                                           "img_mean": (124, 116, 104)})
+
+
+def _apply_rand_augment(img: np.ndarray, aug: Augment, rng: np.random.Generator) -> np.ndarray:
+    import random
+
+    # timm draws from Python's global RNG: seed it from the sample's own stream and put the
+    # caller's state back, so the result depends on (seed, epoch, key, repeat) only.
+    state = random.getstate()
+    try:
+        random.seed(int(rng.integers(0, 2**63 - 1)))
+        out = _rand_augment(aug.randaugment, aug.img_size)(Image.fromarray(np.ascontiguousarray(img)))
+    finally:
+        random.setstate(state)
+    return np.asarray(out, dtype=np.uint8)
+
+
+def _augment_view(img: np.ndarray, aug: Augment, rng: np.random.Generator):
+    """One uint8 crop -> normalised float [3,S,S], whether it was flipped, the erased box."""
+    if aug.train and aug.randaugment:
+        img = _apply_rand_augment(img, aug, rng)
     flip = aug.train and rng.random() < aug.flip_p
     erase = aug.train and rng.random() < aug.erase_p
-    view = 1 if flip else 0
     if flip:
         img = img[:, ::-1]
     # numpy, not torch: per-sample tensor ops pay torch's intra-op thread start-up on every call.
@@ -383,7 +449,28 @@ def transform_sample(s: dict[str, Any], aug: Augment) -> tuple:
     if erase:
         i, j, h, w = box = _erase_box(rng, torch.empty(3, aug.img_size, aug.img_size), aug)
         x[:, i:i + h, j:j + w] = aug.erase_value
-    x = torch.from_numpy(x)
+    return x, flip, box
+
+
+def transform_sample(s: dict[str, Any], aug: Augment) -> tuple:
+    """Raw sample -> (image float [3,S,S] or [10,3,S,S] for ten-crop, priors tuple, label, key).
+
+    See the module docstring. Priors are only fed with whole-image views (crop ``none``).
+    """
+    key = s["__key__"]
+    crop = aug.crop
+    img, src = _decode_image(s["jpg"], (aug.resize_to or aug.img_size) if crop != "none" else aug.img_size)
+    rng = np.random.default_rng(np.random.SeedSequence(
+        [aug.seed, aug.epoch, _key_hash(key), int(s.get("__repeat__", 0)), 0xA06]))
+    views = [_augment_view(c, aug, rng) for c in _crops(img, aug.img_size, crop, rng)]
+    if crop == "ten":
+        return torch.from_numpy(np.stack([v[0] for v in views])), (), int(s["cls"]), key
+    x_np, flip, box = views[0]
+    view = 1 if flip else 0
+    x = torch.from_numpy(x_np)
+    if crop != "none" and aug.prior_kind != "none":
+        raise DataError(f"crop {crop!r} cannot be used with cached priors (computed on the whole face); "
+                        f"train a model without priors")
 
     if aug.prior_kind == "features":
         lmk = torch.from_numpy(np.array(_npy(s["lmk.npy"])[view]))
@@ -443,7 +530,7 @@ def train_pipeline(urls: Sequence[str], aug: Augment, batch_size: int, *, seed: 
                    draws: dict[str, int] | None = None, label_weights: np.ndarray | None = None,
                    rank: int = 0, world: int = 1, resampled: bool = False,
                    shuffle_buffer: int = SHUFFLE_BUFFER, shuffle_initial: int = SHUFFLE_INITIAL,
-                   ) -> wds.DataPipeline:
+                   drop_last: bool = False) -> wds.DataPipeline:
     """The training stream for one epoch (see the module docstring for the stages).
 
     ``resampled=False`` (exact): every sample of this rank's slot once, or as often as ``draws``
@@ -470,7 +557,7 @@ def train_pipeline(urls: Sequence[str], aug: Augment, batch_size: int, *, seed: 
         rebalance,
         _seeded_shuffle(shuffle_buffer, shuffle_initial, seed, epoch, rank),
         _decoded(aug),
-        wds.batched(batch_size, collation_fn=collate, partial=not resampled),
+        wds.batched(batch_size, collation_fn=collate, partial=not (resampled or drop_last)),
     )
 
 

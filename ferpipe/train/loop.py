@@ -9,6 +9,7 @@ after the last epoch, with the best-val weights.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -23,12 +24,13 @@ import torch.distributed as dist
 from torch import nn
 
 from ferpipe.errors import ConfigError, FerpipeError
+from ferpipe.losses.criterion import Criterion, EpochContext, create_criterion, logits_of
 from ferpipe.models import create_model
 
 from . import checkpoint as ckpt_io
 from . import data as D
 from .optim import SAM, build_optimizer, build_scheduler, trainable
-from .presets import RESUME_FREE_FIELDS, TrainConfig, loss_schedule, model_kwargs
+from .presets import RESUME_FREE_FIELDS, TrainConfig, model_kwargs
 
 log = logging.getLogger(__name__)
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -147,7 +149,7 @@ def evaluate(model: nn.Module, urls: Sequence[str], aug: D.Augment, num_classes:
     for batch in loader:
         img, priors, y = _to_device(batch, device, channels_last, device.type == "cuda")
         with _autocast(device, amp_dtype):
-            logits = model(img, *priors)
+            logits = predict_logits(model, img, priors)
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
         pred = logits.argmax(1).cpu().numpy()
         np.add.at(conf, (batch["label"].numpy(), pred), 1)
@@ -156,6 +158,23 @@ def evaluate(model: nn.Module, urls: Sequence[str], aug: D.Augment, num_classes:
     acc = float(np.trace(conf) / max(n, 1))
     return {"acc": acc, "macro_f1": macro_f1(conf), "loss": float(loss_sum.item() / max(n, 1)), "n": n,
             "confusion": conf.tolist()}
+
+
+def predict_logits(model: nn.Module, img: torch.Tensor, priors: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+    """The model's prediction for a batch; a multi-crop batch [B,K,3,S,S] averages the K crops'
+    logits (Ada-DF's ten-crop test on SFEW)."""
+    if img.ndim == 5:
+        b, k = img.shape[:2]
+        return logits_of(model(img.flatten(0, 1), *priors)).reshape(b, k, -1).mean(1)
+    return logits_of(model(img, *priors))
+
+
+def _flatten_crops(img: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # Ten-crop training: the crops are stacked into the batch and the labels repeated.
+    if img.ndim == 5:
+        k = img.shape[1]
+        return img.flatten(0, 1), y.repeat_interleave(k)
+    return img, y
 
 
 def _autocast(device: torch.device, dtype):
@@ -184,16 +203,21 @@ def fit(cfg: TrainConfig, shards: D.ShardSet, model_dir: str | Path, opts: RunOp
     if cfg.sampler not in ("rebalance", "shuffle"):
         raise ConfigError(f"train.sampler: {cfg.sampler!r}; use rebalance or shuffle")
 
+    prior_kind = shards.prior_kind if cfg.priors else "none"
+    if prior_kind != "none" and (cfg.train_crop != "none" or cfg.test_crop != "none"):
+        raise ConfigError(f"train: crops ({cfg.train_crop}/{cfg.test_crop}) cannot be used with cached "
+                          f"priors (computed on the whole face); set priors off in the preset")
     model, kwargs = build_model(cfg, shards, cfg.seed)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    params_list = trainable(model)
+    criterion = create_criterion(cfg.loss, num_classes, **cfg.loss_kwargs).to(device)
+    params_list = trainable(model) + trainable(criterion)
     optimizer = build_optimizer(cfg.optimizer, params_list, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                 momentum=cfg.momentum, sam_rho=cfg.sam_rho, device=device,
                                 fused=opts.fused_optimizer)
     scheduler = build_scheduler(cfg.scheduler, optimizer, epochs=cfg.epochs, gamma=cfg.gamma,
-                                warmup_epochs=cfg.warmup_epochs)
+                                warmup_epochs=cfg.warmup_epochs, milestones=cfg.milestones)
     use_scaler = amp_dtype == torch.float16 and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -217,6 +241,8 @@ def fit(cfg: TrainConfig, shards: D.ShardSet, model_dir: str | Path, opts: RunOp
             log.warning("not resuming from %s (%s); starting fresh", last_path, "; ".join(why))
         else:
             model.load_state_dict(state["model"])
+            if state.get("criterion"):
+                criterion.load_state_dict(state["criterion"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             if scaler is not None and state.get("scaler"):
@@ -241,9 +267,7 @@ def fit(cfg: TrainConfig, shards: D.ShardSet, model_dir: str | Path, opts: RunOp
         except Exception as exc:  # noqa: BLE001 - compile is an optimisation, never a requirement
             warnings.warn(f"torch.compile failed ({exc}); training uncompiled")
 
-    base_aug = D.Augment(prior_kind=shards.prior_kind, img_size=cfg.img_size, mean=tuple(cfg.mean),
-                         std=tuple(cfg.std), flip_p=cfg.flip_p, erase_p=cfg.erase_p,
-                         erase_priors=cfg.erase_priors, seed=cfg.seed)
+    base_aug = D.augment_for(cfg.to_dict(), prior_kind)
     reads: list[tuple[int, str]] = []
     seen: list[str] = []
     images = 0
@@ -255,13 +279,13 @@ def fit(cfg: TrainConfig, shards: D.ShardSet, model_dir: str | Path, opts: RunOp
 
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
-        loss_fn = loss_schedule(cfg.loss)(epoch)
+        criterion.set_epoch(epoch)
         aug = D.Augment(**{**base_aug.__dict__, "epoch": epoch})
         draws = D.epoch_draws(index, num_classes, cfg.seed, epoch) if (cfg.sampler == "rebalance"
                                                                          and not resampled) else None
         pipe = D.train_pipeline(train_urls, aug, cfg.batch_size, seed=cfg.seed, epoch=epoch, draws=draws,
                                 label_weights=label_w, rank=rank, world=world, resampled=resampled,
-                                shuffle_buffer=cfg.shuffle_buffer)
+                                shuffle_buffer=cfg.shuffle_buffer, drop_last=cfg.drop_last)
         loader = D.make_loader(pipe, opts.num_workers, nbatches=nbatches, pin_memory=device.type == "cuda",
                                generator=generator)
         net.train()
@@ -271,13 +295,18 @@ def fit(cfg: TrainConfig, shards: D.ShardSet, model_dir: str | Path, opts: RunOp
             if cfg.max_steps_per_epoch and step > cfg.max_steps_per_epoch:
                 break
             img, priors, y = _to_device(batch, device, cfg.channels_last, device.type == "cuda")
-            loss = _train_step(net, optimizer, scaler, loss_fn, img, priors, y, device, amp_dtype,
+            img, y = _flatten_crops(img, y)
+            loss = _train_step(net, optimizer, scaler, criterion, img, priors, y, device, amp_dtype,
                                epoch, step, batch["key"])
             loss_sum += loss.detach().double() * len(y)
             n_seen += len(y)
             if opts.record_keys:
                 seen.extend(batch["key"])
         scheduler.step()
+        criterion.end_epoch(EpochContext(
+            epoch=epoch, model=model, device=device, num_classes=num_classes,
+            train_batches=functools.partial(_plain_train_batches, train_urls, aug, cfg, opts.num_workers, device,
+                                            rank, world)))
         if world > 1:
             # DDP broadcasts buffers at the start of each forward, so after the last step every
             # rank holds BN running statistics of its own last batch: take rank 0's, as the
@@ -304,6 +333,7 @@ def fit(cfg: TrainConfig, shards: D.ShardSet, model_dir: str | Path, opts: RunOp
                 "format": ckpt_io.FORMAT, "epoch": epoch, "model": ckpt_io.unwrap(model).state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
+                "criterion": criterion.state_dict(),
                 "sampler": {"kind": cfg.sampler, "seed": cfg.seed, "epoch": epoch,
                             "mode": "resampled" if resampled else "exact",
                             "class_counts": class_counts.tolist()},
@@ -370,12 +400,24 @@ def _check_finite(loss: torch.Tensor, epoch: int, step: int, keys, what: str = "
             f"check the shards, or try train.amp=off.")
 
 
-def _train_step(net, optimizer, scaler, loss_fn, img, priors, y, device, amp_dtype, epoch, step, keys):
+def _plain_train_batches(urls, aug: D.Augment, cfg: TrainConfig, num_workers: int, device, rank: int,
+                         world: int):
+    """Every training sample once, in a seeded order, with the training augmentations (no
+    rebalancing): what Ada-DF's end-of-epoch class-distribution pass reads."""
+    pipe = D.train_pipeline(urls, aug, cfg.eval_batch_size, seed=cfg.seed, epoch=aug.epoch, rank=rank, world=world,
+                            shuffle_buffer=1, shuffle_initial=1)
+    for batch in D.make_loader(pipe, num_workers):
+        img, priors, y = _to_device(batch, device, cfg.channels_last, device.type == "cuda")
+        img, y = _flatten_crops(img, y)
+        yield img, priors, y
+
+
+def _train_step(net, optimizer, scaler, criterion: Criterion, img, priors, y, device, amp_dtype, epoch, step, keys):
     """One optimiser step; SAM takes two forward/backward passes on the same batch."""
     def forward_backward():
         with _autocast(device, amp_dtype):
-            logits = net(img, *priors)
-        loss = loss_fn(logits.float(), y)
+            outputs = net(img, *priors)
+        loss = criterion(_float_outputs(outputs), y)
         _check_finite(loss, epoch, step, keys)
         (scaler.scale(loss) if scaler is not None else loss).backward()
         return loss
@@ -404,4 +446,16 @@ def _train_step(net, optimizer, scaler, loss_fn, img, priors, y, device, amp_dty
         scaler.update()
     else:
         optimizer.step()
+    criterion.after_step()
     return loss
+
+
+def _float_outputs(outputs):
+    # Losses are computed in fp32 whatever the autocast dtype of the forward.
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float() if outputs.is_floating_point() else outputs
+    if isinstance(outputs, dict):
+        return {k: _float_outputs(v) for k, v in outputs.items()}
+    if isinstance(outputs, (list, tuple)):
+        return type(outputs)(_float_outputs(v) for v in outputs)
+    return outputs

@@ -108,10 +108,16 @@ def build_optimizer(name: str, params, *, lr: float, weight_decay: float = 0.0, 
     raise ConfigError(f"train.optimizer: unknown optimiser {name!r}; use sam-adam, adam, adamw or sgd")
 
 
-def build_scheduler(name: str, optimizer, *, epochs: int, gamma: float = 0.98, warmup_epochs: int = 0):
+def build_scheduler(name: str, optimizer, *, epochs: int, gamma: float = 0.98, warmup_epochs: int = 0,
+                    milestones=()):
     """Stepped once per epoch. ``exponential``: lr * gamma^epoch (the release, gamma 0.98).
-    ``cosine``: linear warm-up over ``warmup_epochs`` then cosine to 0 at ``epochs``."""
+    ``cosine``: linear warm-up over ``warmup_epochs`` then cosine to 0 at ``epochs``.
+    ``step``: lr * gamma after each epoch in ``milestones`` (RAN, DACL)."""
     opt = getattr(optimizer, "base_optimizer", optimizer)
+    if name == "step":
+        if not milestones:
+            raise ConfigError("train.scheduler step needs milestones (epochs after which lr *= gamma)")
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=gamma)
     if name == "exponential":
         return torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
     if name == "cosine":
@@ -124,7 +130,7 @@ def build_scheduler(name: str, optimizer, *, epochs: int, gamma: float = 0.98, w
         return torch.optim.lr_scheduler.LambdaLR(opt, factor)
     if name == "none":
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
-    raise ConfigError(f"train.scheduler: unknown scheduler {name!r}; use exponential, cosine or none")
+    raise ConfigError(f"train.scheduler: unknown scheduler {name!r}; use exponential, cosine, step or none")
 
 
 def trainable(model: nn.Module):

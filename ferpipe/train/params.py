@@ -19,7 +19,10 @@ class TrainParams(StrictModel):
 
     # data/priors/<dataset> -> models/train/<dataset>; None: download.dataset, like every stage.
     dataset: str | None = None
-    preset: str = "orsanet-cpu"         # a name from ferpipe.train.presets.list_presets()
+    # The method: a create_model name (orsanet, ran, dacl, ada_df, mfer, resnet18, ir50_baseline).
+    # Its recipe is train.preset, or ``<model>-cpu`` when preset is null.
+    model: str = "orsanet"
+    preset: str | None = None           # a name from ferpipe.train.presets.list_presets()
     # Where the shards are (default data/priors/<dataset>) and where checkpoints go
     # (default models/train/<dataset>); relative paths are under the project root.
     shards_dir: str | None = None
@@ -34,15 +37,16 @@ class TrainParams(StrictModel):
     weight_decay: float | None = Field(None, ge=0)
     momentum: float | None = Field(None, ge=0, le=1)
     sam_rho: float | None = Field(None, gt=0)
-    scheduler: Literal["exponential", "cosine", "none"] | None = None
+    scheduler: Literal["exponential", "cosine", "step", "none"] | None = None
     gamma: float | None = Field(None, gt=0, le=1)          # ExponentialLR, per epoch
     warmup_epochs: int | None = Field(None, ge=0)         # cosine: linear warm-up epochs
-    loss: str | None = None                               # a name in presets.LOSSES
+    loss: str | None = None                               # a criterion name (ferpipe.losses.criterion)
     sampler: Literal["rebalance", "shuffle"] | None = None
     flip_p: float | None = Field(None, ge=0, le=1)
     erase_p: float | None = Field(None, ge=0, le=1)
     erase_priors: Literal["clean", "zero"] | None = None  # see ferpipe.train.data
-    model: dict[str, Any] = {}                            # extra create_model kwargs, merged over the preset's
+    model_kwargs: dict[str, Any] = {}                     # extra create_model kwargs, merged over the preset's
+    loss_kwargs: dict[str, Any] = {}                      # extra criterion kwargs, merged over the preset's
 
     # Run settings (never change the result, except seed / amp / channels_last / compile).
     seed: int = 123

@@ -4,47 +4,26 @@ A preset names the model (``create_model`` name + kwargs), the loss schedule, th
 scheduler, batch, epochs and augmentation. ``train.*`` params override fields
 (:func:`resolve`). The trainer never looks at model names: what varies between methods lives
 here, in ``model_kwargs``, ``model_kwargs_from_data`` (kwargs filled from what the shards hold,
-e.g. the prior kind and channel counts) and the ``loss`` schedule name.
+e.g. the prior kind and channel counts), the ``loss`` (a criterion name, see
+:mod:`ferpipe.losses.criterion`) with its ``loss_kwargs``, and the input recipe (``priors``,
+crops, RandAugment). Preset names are ``<model>-cpu`` (the embedded default's CPU scale) and
+``<model>-release`` / ``orsanet-large`` (the published recipe).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable
-
-import torch.nn.functional as F
+from typing import Any
 
 from ferpipe.errors import ConfigError
-from ferpipe.losses import orsanet_loss_schedule
+from ferpipe.losses.criterion import create_criterion
 
 from . import data as _data
 
-LossFn = Callable[[Any, Any], Any]
-
-
-# --- loss schedules: name -> (epoch 1-based -> loss(logits, target)) -------------------------------
-def _ce_schedule(epoch: int) -> LossFn:
-    return F.cross_entropy
-
-
-LOSSES: dict[str, Callable[[int], LossFn]] = {
-    "orsanet": orsanet_loss_schedule,  # CE + 2*LSCE(0.2) for epochs 1-5, then CE + 0.1*DARE
-    "ce": _ce_schedule,
-}
-
-
-def register_loss(name: str, schedule: Callable[[int], LossFn]) -> None:
-    if name in LOSSES and LOSSES[name] is not schedule:
-        raise ValueError(f"loss schedule {name!r} is registered twice")
-    LOSSES[name] = schedule
-
-
-def loss_schedule(name: str) -> Callable[[int], LossFn]:
-    try:
-        return LOSSES[name]
-    except KeyError:
-        raise ConfigError(f"train.loss: unknown loss schedule {name!r}; known: {sorted(LOSSES)}") from None
+def check_loss(name: str, num_classes: int = 7, loss_kwargs: dict[str, Any] | None = None) -> None:
+    """Fail early (at config time) on an unknown loss name or a wrong loss kwarg."""
+    create_criterion(name, num_classes, **(loss_kwargs or {}))
 
 
 @dataclass(frozen=True)
@@ -60,13 +39,15 @@ class TrainConfig:
     mean: tuple[float, float, float] = _data.IMAGENET_MEAN
     std: tuple[float, float, float] = _data.IMAGENET_STD
     loss: str = "ce"
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)
     optimizer: str = "adamw"        # sam-adam | adam | adamw | sgd
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.9           # sgd only
     sam_rho: float = 0.05
-    scheduler: str = "exponential"  # exponential | cosine | none
-    gamma: float = 0.98
+    scheduler: str = "exponential"  # exponential | cosine | step | none
+    gamma: float = 0.98             # exponential: per epoch; step: the factor at each milestone
+    milestones: tuple[int, ...] = ()  # step: epochs after which lr *= gamma
     warmup_epochs: int = 0
     epochs: int = 10
     batch_size: int = 32
@@ -75,6 +56,12 @@ class TrainConfig:
     flip_p: float = _data.FLIP_P
     erase_p: float = _data.ERASE_P
     erase_priors: str = "clean"     # clean | zero
+    priors: bool = True             # feed the shards' cached priors to the model (if they hold any)
+    resize_to: int | None = None    # decode at this size before cropping (DACL: 256 -> 224 crops)
+    train_crop: str = "none"        # none | five | ten (see ferpipe.train.data.Augment)
+    test_crop: str = "none"         # none | center | ten
+    randaugment: str | None = None  # timm RandAugment config string (Ada-DF: rand-m5-n3-mstd0.5)
+    drop_last: bool = False         # drop the last partial training batch (Ada-DF's rank regulariser)
     seed: int = 123
     shuffle_buffer: int = _data.SHUFFLE_BUFFER
     amp: str = "auto"
@@ -85,7 +72,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
+        d["mean"], d["std"], d["milestones"] = list(self.mean), list(self.std), list(self.milestones)
         return d
 
 
@@ -150,21 +137,34 @@ _OVERRIDABLE = ("epochs", "lr", "batch_size", "eval_batch_size", "optimizer", "w
 _RUN_FIELDS = ("seed", "shuffle_buffer", "amp", "channels_last", "compile")
 
 
+def preset_name(params) -> str:
+    """``train.preset``, or ``<train.model>-cpu`` when no preset is named."""
+    return params.preset or f"{params.model}-cpu"
+
+
 def resolve(params) -> TrainConfig:
-    """The preset named by ``params.preset`` with every non-null override applied."""
-    cfg = get_preset(params.preset)
+    """The preset (``train.preset`` or ``<train.model>-cpu``) with every non-null override applied."""
+    cfg = get_preset(preset_name(params))
+    if params.model and params.preset and cfg.model != params.model:
+        raise ConfigError(f"train.preset {params.preset!r} trains model {cfg.model!r} but train.model is "
+                          f"{params.model!r}; set one of them (presets: {', '.join(list_presets())})")
     changes = {k: getattr(params, k) for k in _OVERRIDABLE if getattr(params, k) is not None}
     changes.update({k: getattr(params, k) for k in _RUN_FIELDS})
-    if params.model:
-        changes["model_kwargs"] = {**cfg.model_kwargs, **params.model}
+    if params.model_kwargs:
+        changes["model_kwargs"] = {**cfg.model_kwargs, **params.model_kwargs}
+    if params.loss_kwargs:
+        changes["loss_kwargs"] = {**(cfg.loss_kwargs if changes.get("loss", cfg.loss) == cfg.loss else {}),
+                                  **params.loss_kwargs}
     cfg = dataclasses.replace(cfg, **changes)
-    loss_schedule(cfg.loss)
+    check_loss(cfg.loss, loss_kwargs=cfg.loss_kwargs)
     return cfg
 
 
 def model_kwargs(cfg: TrainConfig, facts: dict[str, Any]) -> dict[str, Any]:
     """create_model kwargs: the preset's, plus those the shards determine."""
     facts = {**facts, "_img_size": cfg.img_size}
+    if not cfg.priors:
+        facts["prior_kind"] = "none"
     out = dict(cfg.model_kwargs)
     for kwarg, fact in cfg.model_kwargs_from_data.items():
         if facts.get(fact) is not None and kwarg not in out:
