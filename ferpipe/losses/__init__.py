@@ -3,5 +3,9 @@
 from .dare import DARELoss, dare_loss
 from .label_smoothing import LabelSmoothingCE
 from .schedule import orsanet_loss_schedule
+from .ran import RANCriterion, RegionBiasedLoss, region_biased_loss
+from .dacl import DACLCriterion, center_update, sparse_center_loss
 
-__all__ = ["DARELoss", "dare_loss", "LabelSmoothingCE", "orsanet_loss_schedule"]
+__all__ = ["DARELoss", "dare_loss", "LabelSmoothingCE", "orsanet_loss_schedule",
+           "RANCriterion", "RegionBiasedLoss", "region_biased_loss",
+           "DACLCriterion", "center_update", "sparse_center_loss"]

@@ -11,7 +11,7 @@ from torch import nn
 from ._registry import is_model, list_models, model_entrypoint, register_model
 
 # Model modules register themselves on import. Add new architectures here.
-from . import ir50, mobilefacenet, segface, orsanet  # noqa: E402,F401  (registration)
+from . import ir50, mobilefacenet, segface, orsanet, resnet18, ran, dacl  # noqa: E402,F401  (registration)
 
 
 def create_model(name: str, **cfg) -> nn.Module:
