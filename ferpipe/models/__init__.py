@@ -12,6 +12,7 @@ from ._registry import is_model, list_models, model_entrypoint, register_model
 
 # Model modules register themselves on import. Add new architectures here.
 from . import ir50, mobilefacenet, segface, orsanet, resnet18, ran, dacl  # noqa: E402,F401  (registration)
+from . import ada_df, mfer, ir50_baseline  # noqa: E402,F401  (registration)
 
 
 def create_model(name: str, **cfg) -> nn.Module:
