@@ -412,3 +412,73 @@ def test_flow_publishes_progress_and_tables(feat, tmp_path, monkeypatch, prefect
 def test_bf16_autocast_runs_on_cpu(feat, tmp_path):
     res = fit(tiny_cfg(epochs=1, amp="bf16", optimizer="sam-adam"), feat, tmp_path / "m", _opts())
     assert math.isfinite(res.history[0]["train_loss"])
+
+
+# --- crops, RandAugment, priors off, stateful criteria ------------------------------------------------
+
+
+def _raw_sample(ss: D.ShardSet):
+    import webdataset as wds
+
+    return next(iter(wds.WebDataset(ss.urls("train"), shardshuffle=False, empty_check=False)))
+
+
+def test_crops_and_rand_augment_are_deterministic(feat):
+    raw = _raw_sample(feat)
+    base = dict(prior_kind="none", img_size=48, resize_to=SIZE, flip_p=0.0, erase_p=0.0, seed=3, epoch=2)
+    five = D.transform_sample(raw, D.Augment(**base, train_crop="five"))
+    assert five[0].shape == (3, 48, 48) and five[1] == ()
+    ten = D.transform_sample(raw, D.Augment(**base, train_crop="ten"))
+    assert ten[0].shape == (10, 3, 48, 48)
+    # The ten crops are FiveCrop's five and their mirrors; the five-crop draw is one of them.
+    assert torch.equal(ten[0][5], ten[0][0].flip(-1))
+    assert any(torch.equal(five[0], c) for c in ten[0][:5])
+    centre = D.transform_sample(raw, D.Augment(**base, train=False, test_crop="center"))
+    assert torch.equal(centre[0], ten[0][4])
+    ra = D.Augment(prior_kind="none", img_size=SIZE, randaugment="rand-m9-n3-mstd0.5", seed=1, epoch=1)
+    a, b = D.transform_sample(raw, ra), D.transform_sample(raw, ra)
+    assert torch.equal(a[0], b[0])  # a pure function of (seed, epoch, key, repeat)
+    plain = D.transform_sample(raw, D.Augment(**{**ra.__dict__, "randaugment": None}))
+    assert not torch.equal(a[0], plain[0])
+    with pytest.raises(FerpipeError, match="priors"):
+        D.transform_sample(raw, D.Augment("features", 48, resize_to=SIZE, train_crop="five"))
+
+
+def test_drop_last_keeps_only_full_batches(feat):
+    aug = D.Augment(prior_kind="none", img_size=SIZE, seed=0, epoch=1)
+    sizes = [len(b["key"]) for b in D.make_loader(D.train_pipeline(feat.urls("train"), aug, 40, seed=0, epoch=1,
+                                                                   drop_last=True), 0)]
+    assert sizes == [40, 40]  # 96 samples: the last 16 are dropped
+
+
+class _CountingCriterion(Criterion):
+    """CE plus a buffer counting steps and end-of-epoch passes (checks the trainer's hooks)."""
+
+    def __init__(self, num_classes):
+        super().__init__(num_classes)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("seen_in_end_epoch", torch.zeros((), dtype=torch.long))
+
+    def forward(self, outputs, y):
+        return nn.functional.cross_entropy(logits_of(outputs), y)
+
+    def after_step(self):
+        self.steps += 1
+
+    def end_epoch(self, ctx):
+        for img, priors, y in ctx.train_batches():
+            assert priors == [] and img.shape[-1] == SIZE
+            self.seen_in_end_epoch += len(y)
+
+
+def test_stateful_criterion_hooks_ten_crop_and_no_priors(feat, tmp_path):
+    if "test-counting" not in list_criteria():
+        register_criterion("test-counting", _CountingCriterion)
+    cfg = tiny_cfg(epochs=2, loss="test-counting", priors=False, resize_to=64, train_crop="ten", test_crop="ten",
+                   sampler="shuffle", batch_size=16)
+    res = fit(cfg, feat, tmp_path / "m", _opts())
+    state = load(tmp_path / "m" / "last.pt")
+    assert state["model_kwargs"]["priors"] == "none" and "lmk_const" in "".join(state["model"])
+    # 96 train samples, batch 16 -> 6 steps per epoch; every sample (x10 crops) seen at each epoch end.
+    assert int(state["criterion"]["steps"]) == 12 and int(state["criterion"]["seen_in_end_epoch"]) == 2 * 960
+    assert res.test["n"] == 21 and 0.0 <= res.test["acc"] <= 1.0

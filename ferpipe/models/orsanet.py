@@ -14,6 +14,10 @@ Three prior kinds (``priors=``):
               the paper's conv stack 11->64 (stride S/(8*7)) ->128 s2 ->256 s2 ->embed_dim s2.
               ``landmark_units="pixel"`` (default): x, y in pixels of the image passed to
               forward (x right, y down; divided by its width / height); ``"normalized"``: in [0,1].
+``"none"``    the ablation "priors switched off": forward(image) only. The same network, with the
+              landmark tokens and the segmentation map replaced by learned input-independent
+              constants ([49, embed_dim] and [embed_dim, 7, 7]), so SPADE and the cross-attention
+              pyramid keep their shape but carry no information about the face.
 
 Release quirks, reproduced by default, each behind a flag:
 
@@ -58,7 +62,7 @@ from .spade import SPADEResBlock
 log = logging.getLogger(__name__)
 
 VARIANT_DEPTH = {"small": 4, "base": 6, "large": 8}
-PRIOR_KINDS = ("online", "features", "maps")
+PRIOR_KINDS = ("online", "features", "maps", "none")
 _OFFICIAL_IR = ((64, 128, 256), (3, 4, 14))
 
 
@@ -208,6 +212,7 @@ class ORSANet(nn.Module):
         self.landmark_units = landmark_units
         self.expected_inputs = {
             "online": ("image",), "features": ("image", "lmk", "seg"), "maps": ("image", "landmarks", "parsing"),
+            "none": ("image",),
         }[priors]
 
         # Image branch.
@@ -235,6 +240,10 @@ class ORSANet(nn.Module):
                 net.requires_grad_(False)
         elif priors == "features":
             lmk_dim, seg_dim = lmk_dim or 512, seg_dim or 1024
+        elif priors == "none":
+            self.lmk_const = nn.Parameter(torch.randn(n_tok, embed_dim) * 0.02)
+            self.seg_const = nn.Parameter(torch.randn(embed_dim, prior_grid, prior_grid) * 0.02)
+            lmk_dim = seg_dim = None
         else:
             self.lmk_encoder = LandmarkHeatmapEncoder(embed_dim, prior_grid, num_landmarks, heatmap_sigma,
                                                       encoder_widths)
@@ -300,6 +309,10 @@ class ORSANet(nn.Module):
         """SE-gated pooled feature [B, embed_dim] (the release's ``y_feat``)."""
         if self.priors == "online":
             lmk, seg = self.compute_priors(image)
+        elif self.priors == "none":
+            b = image.shape[0]
+            lmk = self.lmk_const.expand(b, -1, -1)
+            seg = self.seg_const.expand(b, -1, -1, -1)
         elif lmk is None or seg is None:
             raise ValueError(f"ORSANet(priors={self.priors!r}) needs inputs {self.expected_inputs}")
         elif self.priors == "maps":

@@ -422,14 +422,18 @@ def _rand_augment(config: str, img_size: int):
 def _apply_rand_augment(img: np.ndarray, aug: Augment, rng: np.random.Generator) -> np.ndarray:
     import random
 
-    # timm draws from Python's global RNG: seed it from the sample's own stream and put the
-    # caller's state back, so the result depends on (seed, epoch, key, repeat) only.
-    state = random.getstate()
+    # timm draws from Python's and numpy's global RNGs (op choice: np.random.choice): seed both
+    # from the sample's own stream and put the caller's states back, so the result depends on
+    # (seed, epoch, key, repeat) only.
+    py_state, np_state = random.getstate(), np.random.get_state()
     try:
-        random.seed(int(rng.integers(0, 2**63 - 1)))
+        seed = int(rng.integers(0, 2**32 - 1))
+        random.seed(seed)
+        np.random.seed(seed)
         out = _rand_augment(aug.randaugment, aug.img_size)(Image.fromarray(np.ascontiguousarray(img)))
     finally:
-        random.setstate(state)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
     return np.asarray(out, dtype=np.uint8)
 
 

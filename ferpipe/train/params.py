@@ -45,6 +45,7 @@ class TrainParams(StrictModel):
     flip_p: float | None = Field(None, ge=0, le=1)
     erase_p: float | None = Field(None, ge=0, le=1)
     erase_priors: Literal["clean", "zero"] | None = None  # see ferpipe.train.data
+    priors: bool | None = None                            # false: ignore the shards' priors (ablation)
     model_kwargs: dict[str, Any] = {}                     # extra create_model kwargs, merged over the preset's
     loss_kwargs: dict[str, Any] = {}                      # extra criterion kwargs, merged over the preset's
 

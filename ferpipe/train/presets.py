@@ -133,7 +133,7 @@ register_preset("orsanet-cpu", TrainConfig(
 
 _OVERRIDABLE = ("epochs", "lr", "batch_size", "eval_batch_size", "optimizer", "weight_decay", "momentum",
                 "sam_rho", "scheduler", "gamma", "warmup_epochs", "loss", "sampler", "flip_p", "erase_p",
-                "erase_priors", "max_steps_per_epoch")
+                "erase_priors", "priors", "max_steps_per_epoch")
 _RUN_FIELDS = ("seed", "shuffle_buffer", "amp", "channels_last", "compile")
 
 
