@@ -92,6 +92,8 @@ def test_ada_df_stem_frozen_but_bn_in_train_mode(ada_df_model):
         model(_images(seed=1))
     assert not torch.equal(before, model.stem.bn1.running_mean)
     model.eval()
+    unfrozen = create_model("ada_df", freeze_stem=False)
+    assert all(p.requires_grad for p in unfrozen.parameters())
 
 
 def test_ada_df_parameter_count():

@@ -16,6 +16,8 @@ Release behaviour kept on purpose:
 - The stem is frozen only through ``requires_grad=False``. ``model.train()`` still puts its
   BatchNorm in train mode, so it normalises with batch statistics and keeps updating its running
   statistics during training. Call ``model.stem.eval()`` after ``train()`` if that is unwanted.
+  Freezing only makes sense on top of the MS-Celeb weights: ``freeze_stem=False`` (not the
+  release) lets a run without the checkpoint (e.g. the CPU preset) train the stem as well.
 - Dropout (rate 0 by default) sits between the stem and the branches. The release builds the
   dropout module inside forward, so it is in train mode even when the model is not;
   ``dropout_at_eval=True`` (default) reproduces that, False makes it follow ``model.training``.
@@ -70,14 +72,14 @@ class AdaDF(nn.Module):
     """Frozen shared stem, two ResNet-18 branches with SCN-style attention scaling of logits."""
 
     def __init__(self, num_classes: int = 7, dropout: float = 0.0, dropout_at_eval: bool = True,
-                 checkpoint=None):
+                 freeze_stem: bool = True, checkpoint=None):
         super().__init__()
         trunk = timm.create_model("resnet18", pretrained=False)  # 1000-way fc, as in the file
         self.load_report = load_resnet18_msceleb(trunk, checkpoint) if checkpoint is not None else None
         self.stem = nn.Sequential()
         for name in ("conv1", "bn1", "act1", "maxpool", "layer1"):
             self.stem.add_module(name, getattr(trunk, name))
-        self.stem.requires_grad_(False)
+        self.stem.requires_grad_(not freeze_stem)
         self.dropout = float(dropout)
         self.dropout_at_eval = dropout_at_eval
         self.branch1 = _Branch(trunk, num_classes)
@@ -107,11 +109,12 @@ class AdaDF(nn.Module):
 
 
 @register_model(name="ada_df")
-def ada_df(num_classes: int = 7, checkpoint=None, dropout: float = 0.0, dropout_at_eval: bool = True) -> AdaDF:
+def ada_df(num_classes: int = 7, checkpoint=None, dropout: float = 0.0, dropout_at_eval: bool = True,
+           freeze_stem: bool = True) -> AdaDF:
     """Ada-DF dual-branch ResNet-18. ``checkpoint``: ``resnet18_msceleb.pth`` (strict load).
 
     Returns a dict: ``logits`` (= ``out2``, the evaluated branch), ``out1``, ``out2``
     ([B,C] each), ``alpha1``, ``alpha2`` and ``weights`` = their mean ([B,1] each).
     """
     return AdaDF(num_classes=num_classes, dropout=dropout, dropout_at_eval=dropout_at_eval,
-                 checkpoint=checkpoint)
+                 freeze_stem=freeze_stem, checkpoint=checkpoint)
