@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("params", help="print the validated params (after -S overrides) as JSON")
     show.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     show.add_argument("--params", default="params.yaml")
+
+    serve = sub.add_parser("serve", help="serve the train/train-orsanet and pipeline/repro deployments "
+                                         "(needs PREFECT_API_URL; runs are serialised, one at a time)")
+    serve.add_argument("--root", default=".", help="project root holding dvc.yaml (default: .)")
     return parser
 
 
@@ -104,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "synth":
             return _run_synth(args)
+        if args.command == "serve":
+            return importlib.import_module("flows.deployments").serve_command(args.root)
         if args.command == "params":
             from ferpipe.config import load_params, to_dict
 
