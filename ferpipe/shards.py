@@ -577,6 +577,28 @@ def tar_keys(path: str | os.PathLike) -> list[str]:
     return keys
 
 
+def indexed_tar_keys(out_dir: str | os.PathLike, entry: Mapping[str, Any]) -> list[str]:
+    """The sample keys of a shard listed in a split index (``entry``: one of its ``shards``),
+    checked against that entry: a shard truncated or rewritten since the index was written (an
+    unreadable tar, or fewer / more samples) is a :class:`~ferpipe.errors.DataError` naming it,
+    never a silently shorter plan. Headers only, as :func:`tar_keys` (no sha256 of the bytes)."""
+    from ferpipe.errors import DataError  # noqa: PLC0415
+
+    if not entry["samples"]:
+        return []
+    path = Path(out_dir) / entry["name"]
+    redo = f"re-run the stage that writes {Path(out_dir)} (it redoes the shard)"
+    try:
+        keys = tar_keys(path)
+    except (tarfile.TarError, EOFError) as exc:
+        raise DataError(f"shard {path}: not a readable tar ({type(exc).__name__}: {exc}); truncated or "
+                        f"corrupted after its split index was written; {redo}") from exc
+    if len(keys) != entry["samples"]:
+        raise DataError(f"shard {path}: {len(keys)} samples, but its split index says {entry['samples']} "
+                        f"(truncated or replaced after the index was written); {redo}")
+    return keys
+
+
 def iter_tar_samples(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {extension: bytes}) per sample of one shard, in file order, without WebDataset.
 

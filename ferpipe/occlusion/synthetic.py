@@ -111,7 +111,7 @@ def plan_occlusion(source_dir: str | os.PathLike, split: str = "test", variants:
         m = _SHARD_RE.match(entry["name"])
         if m is None:
             raise ValueError(f"{source_dir}/{entry['name']}: not a <split>-NNNNNN.tar name")
-        keys = shards.tar_keys(source_dir / entry["name"]) if entry["samples"] else []
+        keys = shards.indexed_tar_keys(source_dir, entry)
         items = sorted(({"key": out_key(k, v, variants), "source_key": k, "variant": v,
                          "source_shard": entry["name"], "source_sha256": entry["sha256"]}
                         for k in keys for v in range(variants)), key=lambda it: it["key"])

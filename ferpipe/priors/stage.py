@@ -111,7 +111,7 @@ def plan_priors(aligned_dir: str | os.PathLike) -> dict[str, list[shards.ShardSp
             m = _SHARD_RE.match(entry["name"])
             if m is None:
                 raise ValueError(f"{aligned_dir}/{entry['name']}: not a <split>-NNNNNN.tar name")
-            keys = shards.tar_keys(aligned_dir / entry["name"]) if entry["samples"] else []
+            keys = shards.indexed_tar_keys(aligned_dir, entry)
             items = tuple({"key": k, "source_shard": entry["name"], "source_sha256": entry["sha256"]}
                           for k in keys)
             specs.append(shards.ShardSpec(split=split, index=int(m.group("index")), items=items))
