@@ -6,7 +6,8 @@ the same inputs give byte-identical tars and an interrupted run resumes shard by
 Layout of one stage's output for one dataset (``out_dir`` = ``data/<stage>/<dataset>``)::
 
     train-000000.tar           samples, members sorted by (key, extension), fixed headers
-    train-000000_stats.json    written last: the shard's done marker (counts, skips, sha256)
+    train-000000_stats.json    written last: the shard's done marker (counts, skips, sha256;
+                               no timings, so identical runs give an identical directory)
     train-000001.tar ...
     train_index.json           per split, written after all its shards: order, counts, sha256
 
@@ -394,14 +395,20 @@ def process_shard(spec: ShardSpec, fn: ShardFn, out_dir: str | os.PathLike,
         },
         "skipped": sink.skipped,
         "noted": sink.notes,
-        "seconds": round(seconds, 3),
-        "items_per_second": round(n_items / seconds, 3) if seconds > 0 else None,
         "bytes": tar_path.stat().st_size,
         "sha256": sha256_file(tar_path),
-        "extra": dict(extra),
+        "extra": {k: v for k, v in extra.items() if not _is_timing(k)},
     }
+    # The marker holds no timings: it lives in the DVC-tracked directory, and identical shards
+    # must hash identically on every run. This run's timings go back to the caller (reports).
     write_json_atomic(stats_path, stats)
-    return {**stats, "resumed": False}
+    return {**stats, "extra": dict(extra), "seconds": round(seconds, 3),
+            "items_per_second": round(n_items / seconds, 3) if seconds > 0 else None, "resumed": False}
+
+
+def _is_timing(key: str) -> bool:
+    # A shard function's extra stats named *seconds / *per_second are timings (see process_shard).
+    return key.endswith(("seconds", "per_second"))
 
 
 # --------------------------------------------------------------------------------------------

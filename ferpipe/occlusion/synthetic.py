@@ -363,7 +363,7 @@ def finalize_occlusion(out_dir: str | os.PathLike, source_dir: str | os.PathLike
             processed += 0 if st.get("resumed") else st["counts"]["items"]
             table.append({"split": split, "shard": st["shard"], "items": st["counts"]["items"],
                           "written": st["counts"]["written"], "skipped": st["counts"]["skipped"],
-                          "seconds": st["seconds"], "items_per_second": st["items_per_second"],
+                          "seconds": st.get("seconds"), "items_per_second": st.get("items_per_second"),
                           "bytes": st["bytes"], "resumed": bool(st.get("resumed")),
                           **{f"n_{k}": v for k, v in st["extra"].get("by_occluder", {}).items()}})
     meta = write_metadata(rows, metadata_path(out_dir))

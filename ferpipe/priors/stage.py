@@ -283,7 +283,7 @@ def build_report(stats: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: Path
             failures.extend({"split": split, "shard": st["shard"], **e} for e in st["skipped"])
             rows.append({"shard": st["shard"], "split": split, "items": st["counts"]["items"],
                          "written": st["counts"]["written"], "skipped": st["counts"]["skipped"],
-                         "seconds": st["seconds"], "items_per_second": st["items_per_second"],
+                         "seconds": st.get("seconds"), "items_per_second": st.get("items_per_second"),
                          "bytes": st["bytes"], "resumed": bool(st.get("resumed")),
                          "sha256": st["sha256"][:16]})
         splits[split] = c
