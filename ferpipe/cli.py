@@ -87,6 +87,7 @@ def _run_stage(args: argparse.Namespace) -> int:
         result = _resolve(runner)(params, root=Path(args.root))
     else:
         flow = getattr(importlib.import_module(flow_module), flow_name)
+        flow = importlib.import_module("flows._common").with_task_runner(flow, params)  # flows.task_runner
         result = flow(params_path=args.params, overrides=list(args.overrides), root=args.root)
     summary = getattr(result, "summary", None)
     print(summary() if callable(summary) else result)

@@ -18,6 +18,7 @@ from ferpipe._schema import StrictModel
 from ferpipe.align.params import AlignParams
 from ferpipe.errors import ConfigError
 from ferpipe.evaluate.params import EvaluateParams
+from ferpipe.flows_params import FlowsParams
 from ferpipe.occlusion.params import OcclusionParams
 from ferpipe.priors.params import PriorNetsParams, PriorsParams
 from ferpipe.sources.params import DownloadParams
@@ -36,6 +37,7 @@ class Params(StrictModel):
     occlusion: OcclusionParams = OcclusionParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    flows: FlowsParams = FlowsParams()  # task runner of the Prefect flows; changes no output
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS_FILE, overrides: Iterable[str] = ()) -> Params:

@@ -1,4 +1,4 @@
-"""What every stage flow shares: params loading, artifact keys, markdown tables."""
+"""What every stage flow shares: params loading, the task runner, artifact keys, markdown tables."""
 
 from __future__ import annotations
 
@@ -6,11 +6,47 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from prefect import Flow
+from prefect.task_runners import TaskRunner
+
 from ferpipe.config import Params, load_params
+from ferpipe.flows_params import FlowsParams
+
+# Flows that map one task per shard: the ones `flows.task_runner` applies to.
+SHARDED_FLOWS = frozenset({"align", "priors", "occlusion"})
 
 
 def params_for(params_path: str | Path, overrides: Sequence[str] | None) -> Params:
     return load_params(params_path, list(overrides or []))
+
+
+def task_runner_for(p: FlowsParams) -> TaskRunner | None:
+    """The task runner ``flows.*`` asks for; None for ``default`` (the flow keeps its own).
+
+    ``dask``: prefect-dask's DaskTaskRunner on the scheduler at ``dask_address``, else on a
+    temporary local cluster of ``dask_workers`` processes (started when the flow submits its
+    first task, shut down when the flow run ends).
+    """
+    if p.task_runner == "default":
+        return None
+    from flows._dask import DaskTaskRunner  # noqa: PLC0415  (imports distributed: only when asked for)
+
+    if p.dask_address:
+        return DaskTaskRunner(address=p.dask_address)
+    import dask  # noqa: PLC0415
+
+    # Dask starts its workers as daemonic processes, which may not have children; align's decode
+    # pool is a process pool. (A `dask worker` started by hand: DASK_DISTRIBUTED__WORKER__DAEMON=False.)
+    dask.config.set({"distributed.worker.daemon": False})
+    return DaskTaskRunner(cluster_kwargs={"n_workers": p.dask_workers,
+                                          "threads_per_worker": p.dask_threads_per_worker,
+                                          "processes": True})
+
+
+def with_task_runner(flow: Flow, params: Params) -> Flow:
+    """``flow`` with the task runner ``params.flows`` asks for (sharded flows only), at call time."""
+    runner = task_runner_for(params.flows) if flow.name in SHARDED_FLOWS else None
+    return flow if runner is None else flow.with_options(task_runner=runner)
 
 
 def artifact_key(*parts: str) -> str:
