@@ -64,3 +64,13 @@ def test_every_method_has_a_release_and_a_cpu_preset():
         assert f"{m}-cpu" in names
     assert {"ran-release", "dacl-release", "ada_df-release", "ada_df-sfew", "mfer-release", "resnet18-release",
             "ir50_baseline-release", "orsanet-large"} <= names
+
+
+def test_mfer_model_card_says_dsf_is_not_shipped():
+    from ferpipe.train.model_card import model_card
+
+    cfg = presets.get_preset("mfer-cpu")
+    card = model_card(model_name="mfer", preset=cfg.preset, config=cfg.to_dict(), model_kwargs=cfg.model_kwargs,
+                      num_params=1, dataset="d", label_space={"classes": ["a"]}, index_sha256={"train": "0" * 64},
+                      counts={"train": 1}, metrics={"test_acc": 0.5})
+    assert "Trained without the DSF loss" in card and "| test_acc | 0.5000 |" in card

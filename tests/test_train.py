@@ -364,6 +364,9 @@ def test_stage_writes_model_dir_and_reports(feat, tmp_path, monkeypatch):
     assert list((tmp_path / "reports/train/live/plots/metrics").rglob("*.tsv"))
     assert (tmp_path / "reports/train/curves.png").exists()
     assert "test acc" in rep.summary()
+    card = (tmp_path / "models/train/tiny/MODEL_CARD.md").read_text()
+    assert card.startswith("# orsanet trained on `tiny` (preset `tiny-test`)")
+    assert f"| test_acc | {m['test_acc']:.4f} |" in card and "erase_priors: clean" in card
     # Resume with one more epoch: DVCLive logs hold every epoch, not just the resumed one.
     rep = train_stage(TrainParams(dataset="tiny", preset="tiny-test", num_workers=0, threads=1, epochs=3),
                       Layout(tmp_path))

@@ -73,6 +73,7 @@ class TrainResult:
     reads: list[tuple[int, str]] = field(default_factory=list)  # (epoch, split) of every evaluation
     seen_keys: list[str] = field(default_factory=list)
     weights_sha256: str = ""       # of the weights after the last epoch run (before best is loaded)
+    num_params: int = 0
     completed: bool = True
     rank: int = 0
     world: int = 1
@@ -377,7 +378,7 @@ def fit(cfg: TrainConfig, shards: D.ShardSet, model_dir: str | Path, opts: RunOp
                        val_at_best=val_at_best, resumed_from=resumed_from,
                        seconds=time.perf_counter() - t_start, images=images, label_space=shards.label_space,
                        model_kwargs=kwargs, reads=reads, seen_keys=seen, weights_sha256=digest,
-                       rank=rank, world=world)
+                       rank=rank, world=world, num_params=sum(p.numel() for p in model.parameters()))
 
 
 def state_digest(model: nn.Module) -> str:

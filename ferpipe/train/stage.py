@@ -33,6 +33,7 @@ from ferpipe.shards import write_json_atomic
 from . import data as D
 from .loop import RunOptions, TrainResult, fit
 from .params import TrainParams
+from .model_card import write_model_card
 from .presets import TrainConfig, resolve
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,10 @@ def train_stage(params: TrainParams, layout: Layout, callbacks: Sequence[EpochCa
             write_json_atomic(report_dir / "test_confusion.json",
                               {"classes": shards.label_space["classes"], "matrix": result.test["confusion"]})
             _curves_png(result.history, report_dir / "curves.png")
+            write_model_card(model_dir / "MODEL_CARD.md", model_name=cfg.model, preset=cfg.preset,
+                             config=cfg.to_dict(), model_kwargs=result.model_kwargs, num_params=result.num_params,
+                             dataset=params.dataset, label_space=shards.label_space,
+                             index_sha256=shards.index_sha256, counts=shards.counts, metrics=report.metrics)
         return report
     finally:
         if started_dist:
