@@ -28,6 +28,7 @@ _STAGES: dict[str, tuple[str, str, str]] = {
     "occlusion": ("flows.occlusion", "occlusion_flow", "ferpipe.occlusion.stage:run_occlusion"),
     "train": ("flows.train", "train_flow", "ferpipe.train.stage:run_train"),
     "evaluate": ("flows.evaluate", "evaluate_flow", "ferpipe.evaluate.stage:run_evaluate"),
+    "pipeline": ("flows.pipeline", "pipeline_flow", "ferpipe.pipeline:run_pipeline"),  # all of the above, in order
 }
 
 

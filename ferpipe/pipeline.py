@@ -1,0 +1,53 @@
+"""The whole pipeline, stage after stage, in dvc.yaml's order (``ferpipe pipeline --no-flow``).
+
+``flows/pipeline.py`` runs the same stages as Prefect subflows. Unlike ``dvc repro`` this does not
+skip up-to-date stages: every stage runs (the sharded ones resume their done shards).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ferpipe.config import Params
+from ferpipe.errors import ConfigError
+
+STAGES: tuple[str, ...] = ("download", "align", "prior-nets", "priors", "occlusion", "train", "evaluate")
+
+
+def select_stages(stages: Sequence[str] | None) -> list[str]:
+    """``stages`` (any order, a subset) in pipeline order; None: all of them."""
+    if not stages:
+        return list(STAGES)
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {', '.join(unknown)}; the stages are {', '.join(STAGES)}")
+    return [s for s in STAGES if s in set(stages)]
+
+
+@dataclass
+class PipelineReport:
+    reports: dict[str, Any] = field(default_factory=dict)  # stage → that stage's report, in order
+
+    def summary(self) -> str:
+        lines = []
+        for stage, report in self.reports.items():
+            s = getattr(report, "summary", None)
+            lines.append(f"== {stage}\n{s() if callable(s) else report}")
+        return "\n".join(lines)
+
+
+def _runner(stage: str) -> Callable[..., Any]:
+    from ferpipe.cli import _STAGES  # the one registry of stage → library runner  # noqa: PLC0415
+
+    module, name = _STAGES[stage][2].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def run_pipeline(params: Params, root: str | Path = ".", stages: Sequence[str] | None = None) -> PipelineReport:
+    report = PipelineReport()
+    for stage in select_stages(stages):
+        report.reports[stage] = _runner(stage)(params, root=Path(root))
+    return report

@@ -1,0 +1,41 @@
+"""The ``pipeline`` flow: every stage flow in dvc.yaml's order, as subflows of one run.
+
+Each stage appears in the Prefect UI nested under the pipeline run, with its own tasks and
+artifacts; all get the same params file, overrides and root. The sharded stages (align, priors,
+occlusion) use the task runner ``flows.*`` asks for. Unlike ``dvc repro`` nothing is skipped:
+every stage runs (sharded ones resume their done shards). A failing stage fails the pipeline run
+and the later stages do not start.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from ferpipe.pipeline import STAGES, PipelineReport, select_stages
+from flows._common import params_for, with_task_runner
+from flows.align import align_flow
+from flows.download import download_flow
+from flows.evaluate import evaluate_flow
+from flows.occlusion import occlusion_flow
+from flows.prior_nets import prior_nets_flow
+from flows.priors import priors_flow
+from flows.train import train_flow
+
+STAGE_FLOWS = {"download": download_flow, "align": align_flow, "prior-nets": prior_nets_flow,
+               "priors": priors_flow, "occlusion": occlusion_flow, "train": train_flow,
+               "evaluate": evaluate_flow}
+assert tuple(STAGE_FLOWS) == STAGES
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline_flow(params_path: str = "params.yaml", overrides: list[str] | None = None, root: str = ".",
+                  stages: list[str] | None = None) -> PipelineReport:
+    params = params_for(params_path, overrides)  # an invalid value fails here, before any stage starts
+    logger = get_run_logger()
+    report = PipelineReport()
+    for stage in select_stages(stages):
+        logger.info("stage %s", stage)
+        stage_flow = with_task_runner(STAGE_FLOWS[stage], params)
+        report.reports[stage] = stage_flow(params_path=params_path, overrides=list(overrides or []), root=root)
+    logger.info("pipeline done: %s", ", ".join(report.reports))
+    return report
