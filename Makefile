@@ -14,7 +14,7 @@ export DO_NOT_TRACK := 1
 export DVC_NO_ANALYTICS := 1
 export PREFECT_LOGGING_LEVEL ?= WARNING
 
-.PHONY: venv repro test test-fast bench clean-venv
+.PHONY: venv repro test test-fast bench clean-venv browser
 
 venv: $(STAMP)
 
@@ -39,3 +39,17 @@ test-fast: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# tests/test_ui_browser.py drives Debian's chromium + chromium-driver with Selenium (nothing downloads a
+# browser). Installed only when missing, as root with apt-get; otherwise a message, and that test skips
+# (it fails under CI=true).
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+		echo "browser: chromium and chromedriver are installed"; \
+	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+		echo "browser: chromium/chromedriver missing and not installable here (needs root and apt-get);" \
+		     "install Debian's chromium and chromium-driver, or tests/test_ui_browser.py is skipped"; \
+	else \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			chromium chromium-driver; \
+	fi

@@ -80,6 +80,20 @@ def kill_group(proc: subprocess.Popen | None, grace: float = 10.0) -> None:
             return
 
 
+def run_to_end(cmd: Sequence[str], env: dict[str, str], log: Path, timeout: float,
+               cwd: str | Path | None = None) -> None:
+    """Run ``cmd`` to completion in its own process group (killed on timeout or error); fail with its log."""
+    proc = start(cmd, env, log, cwd)
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        rc = None
+    finally:
+        kill_group(proc, grace=5.0)
+    if rc != 0:
+        raise AssertionError(f"{' '.join(cmd)}: {'timed out' if rc is None else f'exit {rc}'}\n{tail(log)}")
+
+
 def tail(path: Path, n: int = 4000) -> str:
     try:
         return path.read_text(errors="replace")[-n:]
