@@ -15,8 +15,7 @@ import yaml
 
 from ferpipe.config import load_params
 
-pytestmark = pytest.mark.slow
-
+ROOT = Path(__file__).resolve().parents[1]
 PARAMS = {
     "download": {"dataset": "mini", "workers": 1,
                  "synthetic": {"n_per_class": 5, "size": 160, "workers": 1}},
@@ -43,6 +42,14 @@ def test_params_pick_the_task_runner(tmp_path):
     from flows.download import download_flow
     from flows.priors import priors_flow
 
+    from ferpipe.flows_params import FlowsParams
+
+    assert load_params(ROOT / "params.yaml").flows == FlowsParams()  # shipped = the defaults
+    # the runner changes no output: no DVC stage depends on flows.*
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    deps = [p for st in stages.values() for p in st.get("params", []) if isinstance(p, str)]
+    assert deps and not [p for p in deps if p == "flows" or p.startswith("flows.")]
+
     path = tmp_path / "params.yaml"
     path.write_text("{}")
     default = load_params(path)
@@ -59,6 +66,7 @@ def test_params_pick_the_task_runner(tmp_path):
     assert task_runner_for(remote.flows).address == "tcp://10.0.0.5:8786"
 
 
+@pytest.mark.slow
 def test_align_on_a_local_dask_cluster_is_byte_identical(prefect_api, tmp_path, monkeypatch):
     import distributed
     from prefect_dask.client import PrefectDaskClient
