@@ -361,6 +361,14 @@ def fit(cfg: TrainConfig, shards: D.ShardSet, model_dir: str | Path, opts: RunOp
                                label_space=shards.label_space, model_kwargs=kwargs, reads=reads, seen_keys=seen,
                                weights_sha256=state_digest(model), completed=False, rank=rank, world=world)
     digest = state_digest(model)
+    if world > 1:
+        # Every rank must end with the same weights (DDP all-reduces gradients; BN buffers are
+        # broadcast above): a divergence means a rank saw a different step count or a bug.
+        digests: list[str] = [""] * world
+        dist.all_gather_object(digests, digest)
+        if len(set(digests)) != 1:
+            raise FerpipeError(f"DDP ranks ended with different weights (digests {digests}); "
+                               f"the checkpoint in {model_dir} is rank 0's")
 
     # Test: once, at the end, with the best-val weights.
     best_path = model_dir / ckpt_io.BEST

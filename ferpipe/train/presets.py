@@ -176,7 +176,8 @@ def model_kwargs(cfg: TrainConfig, facts: dict[str, Any]) -> dict[str, Any]:
 # --- the other methods (seed-methods.md §3-§6), and the plain-CE baselines ----------------------------
 # "<model>-release" is the published recipe; "<model>-cpu" keeps the method (architecture, loss,
 # input recipe) at the embedded default's CPU scale: from scratch (no pretrained trunk on the
-# machine), 112 px (RAN 64 px: it runs its trunk on 8 crops), AdamW + cosine, a few epochs.
+# machine), 112 px (RAN 64 px: it runs its trunk on 8 crops), a few epochs: each -cpu preset trains in
+# about 5-9 minutes on 2 cores (see the README's method table).
 # Pretrained trunks are passed as train.model_kwargs.checkpoint (see each model's docstring).
 _IMAGE_ONLY = {"num_classes": "num_classes"}
 _IMAGE_SIZE = {"num_classes": "num_classes", "img_size": "_img_size"}
@@ -197,7 +198,7 @@ register_preset("ran-cpu", TrainConfig(
     model="ran", model_kwargs={"crops": "affectnet", "attention": "softmax"}, model_kwargs_from_data=_IMAGE_ONLY,
     priors=False, img_size=64, mean=_UNIT_MEAN, std=_UNIT_STD, loss="ran", loss_kwargs={"delta": 0.02},
     optimizer="adamw", lr=1e-3, weight_decay=0.05, scheduler="cosine", warmup_epochs=1,
-    epochs=5, batch_size=32, eval_batch_size=64, sampler="rebalance", flip_p=0.0, erase_p=0.0,
+    epochs=4, batch_size=32, eval_batch_size=64, sampler="rebalance", flip_p=0.0, erase_p=0.0,
 ))
 
 # DACL: Resize 256 -> one of FiveCrop's 224 crops -> flip, RAF-DB statistics; test Resize 256 ->
@@ -214,7 +215,7 @@ register_preset("dacl-cpu", TrainConfig(  # drop_last: the attention's BatchNorm
     model="dacl", model_kwargs={}, model_kwargs_from_data=_IMAGE_SIZE, priors=False, img_size=112, resize_to=128,
     train_crop="five", test_crop="center", mean=_RAFDB_MEAN, std=_RAFDB_STD, loss="dacl",
     loss_kwargs={"lamb": 0.01, "alpha": 0.5}, optimizer="adamw", lr=1e-3, weight_decay=0.05, scheduler="cosine",
-    warmup_epochs=1, epochs=10, batch_size=32, eval_batch_size=128, sampler="shuffle", flip_p=0.5, erase_p=0.0,
+    warmup_epochs=1, epochs=8, batch_size=32, eval_batch_size=128, sampler="shuffle", flip_p=0.5, erase_p=0.0,
     drop_last=True,
 ))
 
@@ -240,7 +241,7 @@ register_preset("ada_df-sfew", TrainConfig(
 register_preset("ada_df-cpu", TrainConfig(  # freeze_stem off: the release freezes a pretrained stem
     model="ada_df", model_kwargs={"freeze_stem": False}, model_kwargs_from_data=_IMAGE_ONLY, priors=False,
     img_size=112, loss="ada_df", loss_kwargs={"threshold": 0.7, "beta": 3}, optimizer="adam", lr=1e-3,
-    scheduler="exponential", gamma=0.9, epochs=8, batch_size=32, eval_batch_size=128, sampler="shuffle",
+    scheduler="exponential", gamma=0.9, epochs=6, batch_size=32, eval_batch_size=128, sampler="shuffle",
     flip_p=0.5, erase_p=0.5, randaugment="rand-m5-n3-mstd0.5", drop_last=True,
 ))
 
@@ -256,7 +257,7 @@ register_preset("mfer-release", TrainConfig(
 register_preset("mfer-cpu", TrainConfig(
     model="mfer", model_kwargs={"variant": "tiny", "drop_path_rate": 0.1}, model_kwargs_from_data=_IMAGE_ONLY,
     priors=False, img_size=112, loss="mfer", loss_kwargs={"smoothing": 0.1}, optimizer="adamw", lr=1e-3,
-    weight_decay=0.01, scheduler="cosine", warmup_epochs=1, epochs=8, batch_size=32, eval_batch_size=128,
+    weight_decay=0.01, scheduler="cosine", warmup_epochs=1, epochs=10, batch_size=32, eval_batch_size=128,
     sampler="shuffle", flip_p=0.0, erase_p=0.0,
 ))
 
@@ -270,7 +271,7 @@ register_preset("resnet18-release", TrainConfig(
 ))
 register_preset("resnet18-cpu", TrainConfig(
     model="resnet18", model_kwargs={}, model_kwargs_from_data=_IMAGE_ONLY, priors=False, img_size=112, loss="ce",
-    optimizer="adamw", lr=1e-3, weight_decay=0.05, scheduler="cosine", warmup_epochs=1, epochs=10, batch_size=32,
+    optimizer="adamw", lr=1e-3, weight_decay=0.05, scheduler="cosine", warmup_epochs=1, epochs=8, batch_size=32,
     eval_batch_size=128, sampler="rebalance", flip_p=0.5, erase_p=0.5,
 ))
 register_preset("ir50_baseline-release", TrainConfig(
@@ -282,6 +283,6 @@ register_preset("ir50_baseline-cpu", TrainConfig(
     model="ir50_baseline", model_kwargs={"widths": (24, 48, 96), "units": (1, 2, 2), "stem_width": 24,
                                          "input_size": 56},
     model_kwargs_from_data=_IMAGE_ONLY, priors=False, img_size=112, loss="ce", optimizer="adamw", lr=1e-3,
-    weight_decay=0.05, scheduler="cosine", warmup_epochs=1, epochs=10, batch_size=32, eval_batch_size=128,
+    weight_decay=0.05, scheduler="cosine", warmup_epochs=1, epochs=16, batch_size=32, eval_batch_size=128,
     sampler="rebalance", flip_p=0.5, erase_p=0.5,
 ))

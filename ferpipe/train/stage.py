@@ -185,6 +185,8 @@ def _report(params: TrainParams, cfg: TrainConfig, result: TrainResult, model_di
         "train_images_per_s": result.images_per_s, "seconds": result.seconds,
         "resumed_from_epoch": result.resumed_from, "world_size": result.world,
     }
+    if result.world > 1:
+        metrics["ranks_identical"] = True  # fit() raises when the ranks' final weights differ
     rel = lambda p: os.path.relpath(p, root)  # noqa: E731
     return TrainReport(dataset=params.dataset, preset=cfg.preset, model_dir=rel(model_dir), metrics=metrics,
                        history=result.history, config=cfg.to_dict(),
