@@ -49,6 +49,19 @@ def with_task_runner(flow: Flow, params: Params) -> Flow:
     return flow if runner is None else flow.with_options(task_runner=runner)
 
 
+class ShardFailed(RuntimeError):
+    """A shard task failed: the message names the shard and the reason (what the flow run shows)."""
+
+
+def run_shard(fn, spec, *args):
+    """``fn(spec, *args)``, with any failure re-raised naming the shard, so a flow that fails for
+    good after its retries says which shard and why."""
+    try:
+        return fn(spec, *args)
+    except Exception as exc:
+        raise ShardFailed(f"shard {spec.name} failed: {type(exc).__name__}: {exc}") from exc
+
+
 def artifact_key(*parts: str) -> str:
     """Prefect artifact keys allow lowercase letters, digits and dashes only."""
     key = "-".join(parts).lower()

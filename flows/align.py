@@ -20,14 +20,14 @@ from ferpipe.align.stage import (
     write_report,
 )
 from ferpipe.layout import Layout
-from flows._common import artifact_key, markdown_table, params_for, shard_stats_rows
+from flows._common import artifact_key, markdown_table, params_for, run_shard, shard_stats_rows
 
 GALLERY_LIMIT = 48  # thumbnails inlined in the failure gallery (each ~3 KB of base64)
 
 
 @task(name="align-shard", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def align_shard_task(spec, raw_root: str, out_dir: str, params, label_space) -> dict:
-    return align_shard(spec, raw_root, out_dir, params, label_space)
+    return run_shard(align_shard, spec, raw_root, out_dir, params, label_space)
 
 
 @flow(name="align", log_prints=True)

@@ -22,7 +22,7 @@ from ferpipe.occlusion.synthetic import (
     occlusion_shard,
     plan_occlusion,
 )
-from flows._common import artifact_key, markdown_table, params_for
+from flows._common import artifact_key, markdown_table, params_for, run_shard
 
 STATS_COLUMNS = ["shard", "items", "written", "skipped", "seconds", "items_per_second", "bytes", "resumed"]
 
@@ -30,7 +30,7 @@ STATS_COLUMNS = ["shard", "items", "written", "skipped", "seconds", "items_per_s
 @task(retries=2, retry_delay_seconds=5, task_run_name="occlusion-{spec.index}")
 def occlusion_shard_task(spec: shards.ShardSpec, source_dir: str, out_dir: str, params: OcclusionParams,
                          recompute) -> dict:
-    return occlusion_shard(spec, source_dir, out_dir, params, recompute)
+    return run_shard(occlusion_shard, spec, source_dir, out_dir, params, recompute)
 
 
 # One shard at a time by default (the prior backend uses every core through torch).

@@ -20,7 +20,7 @@ from ferpipe.priors.stage import (
     priors_gallery,
     priors_shard,
 )
-from flows._common import artifact_key, markdown_table, params_for
+from flows._common import artifact_key, markdown_table, params_for, run_shard
 
 STATS_COLUMNS = ["shard", "split", "items", "written", "skipped", "seconds", "items_per_second",
                  "bytes", "resumed", "sha256"]
@@ -29,7 +29,7 @@ STATS_COLUMNS = ["shard", "split", "items", "written", "skipped", "seconds", "it
 @task(retries=2, retry_delay_seconds=5, task_run_name="priors-{spec.split}-{spec.index}")
 def priors_shard_task(spec: shards.ShardSpec, aligned_dir: str, out_dir: str, params: PriorsParams,
                       models_dir: str) -> dict:
-    return priors_shard(spec, aligned_dir, out_dir, params, models_dir)
+    return run_shard(priors_shard, spec, aligned_dir, out_dir, params, models_dir)
 
 
 def _prior_description(out_dir: Path, plans) -> dict:

@@ -423,6 +423,7 @@ def test_failing_shard_is_retried_then_fails_the_flow_naming_it(project, priors_
     state = fp.priors_flow(params_path=str(root / "params.yaml"), root=str(root), return_state=True)
     assert state.is_failed(), state
     assert "IsADirectoryError" in state.message and str(blocked) in state.message, state.message
+    assert "shard val-000000 failed" in state.message, state.message  # named whatever the error says
 
     runs = _task_runs_of(state.state_details.flow_run_id)
     # shards run in order, one at a time; the flow stops at the first shard that fails for good
