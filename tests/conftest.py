@@ -15,3 +15,15 @@ def prefect_api():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """One torch intra-op thread for a module: on 2 shared cores, OpenMP spin-waits make 2
+    threads up to 8x slower for small models. Use with ``pytestmark = usefixtures(...)``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -29,13 +29,7 @@ from ferpipe.models.mfer import DSAttention
 MANIFESTS = Path(__file__).parent / "data" / "key_manifests"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on 2 shared cores, OpenMP spin-waits make 2 threads much slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def _images(b=4, size=64, seed=0):

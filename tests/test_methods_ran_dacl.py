@@ -19,13 +19,7 @@ from ferpipe.models.ran import REGION_SETS, crop_regions
 from ferpipe.models.resnet18 import load_resnet18_weights, trunk_output_size
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on 2 shared cores, OpenMP spin-waits make 2 threads much slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def _build(name, seed=0, **kw):

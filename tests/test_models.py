@@ -23,13 +23,7 @@ MANIFESTS = Path(__file__).parent / "data" / "key_manifests"
 ORSANET_LARGE_TRAINABLE = 60_289_575
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on 2 shared cores, OpenMP spin-waits make 2 threads up to 8x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def manifest(name: str) -> dict[str, list[int]]:
