@@ -199,7 +199,24 @@ def bench_set(name: str, raw: Path, files: list[str], threads: int, work: Path) 
             stage[i] = (np.asarray(meta["box"], np.float32),
                         np.asarray(meta["points_src"], np.float32))
     faces = rep.splits["train"]["written"]
+
+    # stage with align.channels_last (opt-in: float-rounding differences change shard bytes)
+    out_cl = work / f"out_{name}_cl"
+    t0 = time.perf_counter()
+    rep_cl = align_stage(man, raw, out_cl, params.model_copy(update={"channels_last": True}), progress=False)
+    t_cl = time.perf_counter() - t0
+    stage_cl = [None] * n
+    for s in shards.iter_samples(out_cl, "train", decode=None):
+        meta = json.loads(s["json"])
+        if meta.get("box") is not None:
+            stage_cl[int(s["__key__"][1:])] = (np.asarray(meta["box"], np.float32),
+                                               np.asarray(meta["points_src"], np.float32))
+    res_cl = {"seconds": round(t_cl, 3), "images_per_s": round(n / t_cl, 2),
+              "faces_per_s": round(rep_cl.splits["train"]["written"] / t_cl, 2),
+              "speedup_vs_naive": round(t_naive / t_cl, 2),
+              "agreement_vs_stage": compare(stage, stage_cl), "agreement_vs_naive": compare(naive, stage_cl)}
     res = {
+        "stage_channels_last": res_cl,
         "images": n, "faces_aligned": faces,
         "naive": {"seconds": round(t_naive, 3), "images_per_s": round(n / t_naive, 2),
                   "faces_found": sum(x is not None for x in naive)},

@@ -337,3 +337,23 @@ def test_sigkill_resume_is_byte_identical(odd_raw, tmp_path, astro):
     for n in names:
         if n.endswith(".tar") or n.endswith("index.json"):
             assert (ref / n).read_bytes() == (out / n).read_bytes(), n
+
+
+def test_channels_last_detection_equals_facenet_pytorch(astro):
+    """The stage's MTCNN (channels-last nets, planar crops) finds the same faces as
+    facenet-pytorch called the usual way (NCHW, uint8 NHWC input), to float rounding."""
+    import cv2
+
+    from ferpipe.align.detect import FaceDetector, _mtcnn
+
+    imgs = [cv2.resize(astro, (256, 256)), cv2.resize(astro, (256, 256))[:, ::-1].copy(),
+            cv2.resize(astro[40:300, 120:380], (256, 256))]
+    fast = FaceDetector(AlignParams(batch_size=8, channels_last=True)).detect(imgs)
+    usual = _mtcnn("cpu", (0.6, 0.7, 0.7), False)
+    usual.min_face_size = FaceDetector(AlignParams()).min_face_size(256, 256)
+    boxes, probs, points = usual.detect(np.stack(imgs), landmarks=True)
+    for d, b, p, pt in zip(fast, boxes, probs, points):
+        assert len(d) == len(b) >= 1
+        assert np.abs(d.boxes - np.asarray(b, np.float32)).max() < 1e-2
+        assert np.abs(d.points - np.asarray(pt, np.float32)).max() < 1e-2
+        assert np.abs(d.scores - np.asarray(p, np.float32)).max() < 1e-5

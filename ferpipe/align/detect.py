@@ -64,13 +64,33 @@ def resolve_device(device: str) -> str:
     return device
 
 
-@lru_cache(maxsize=4)
-def _mtcnn(device: str, thresholds: tuple[float, float, float]):
+def _channels_last(net):
+    """``net`` fed channels-last tensors. MTCNN's small convs and ceil-mode max pools run
+    2-2.5x faster in that layout on the CPU (max pooling 9x); conv sums change only in the
+    last bits (max abs difference ~1e-6 on R/O-Net outputs), max pooling not at all."""
+    import torch  # noqa: PLC0415
+
+    class _ChannelsLast(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x.contiguous(memory_format=torch.channels_last))
+
+    return _ChannelsLast(net).eval()
+
+
+@lru_cache(maxsize=8)
+def _mtcnn(device: str, thresholds: tuple[float, float, float], channels_last: bool = False):
     # Loading the nets costs seconds (torchvision import): once per process and device.
     from facenet_pytorch import MTCNN  # noqa: PLC0415
 
-    return MTCNN(keep_all=True, select_largest=False, thresholds=list(thresholds),
-                 factor=PYRAMID_FACTOR, device=device)
+    mtcnn = MTCNN(keep_all=True, select_largest=False, thresholds=list(thresholds),
+                  factor=PYRAMID_FACTOR, device=device)
+    if channels_last:
+        mtcnn.pnet, mtcnn.rnet, mtcnn.onet = (_channels_last(n) for n in (mtcnn.pnet, mtcnn.rnet, mtcnn.onet))
+    return mtcnn
 
 
 class FaceDetector:
@@ -83,7 +103,7 @@ class FaceDetector:
     def __init__(self, params: AlignParams):
         self.params = params
         self.device = resolve_device(params.device)
-        self.mtcnn = _mtcnn(self.device, tuple(params.thresholds))
+        self.mtcnn = _mtcnn(self.device, tuple(params.thresholds), params.channels_last)
 
     def min_face_size(self, w: int, h: int) -> float:
         return snapped_min_face_size(w, h, self.params.min_face_frac, self.params.min_face_size)
