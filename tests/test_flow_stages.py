@@ -14,7 +14,6 @@ import base64
 import io
 import json
 import re
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,8 @@ import yaml
 from PIL import Image
 
 from ferpipe import shards
+
+from tests._gt_shards import write_gt_aligned
 from tests.test_flow_download import _artifacts_of
 from tests.test_priors import synth_set  # noqa: F401  (session fixture: 14 rendered faces)
 
@@ -51,33 +52,12 @@ DATA_URI = re.compile(r'src="data:image/(png|jpeg);base64,([A-Za-z0-9+/=]+)"')
 
 
 def write_aligned(out_dir: Path, archive: Path, gts: dict, size: int = SIZE, per_shard: int = PER_SHARD) -> Path:
-    """Aligned shards in the align stage's format (train / val / test), aligned on the ground-truth
-    5 points (no MTCNN: these tests are about the later stages). Every third train face is val."""
-    from ferpipe.priors.data import align_face
-
+    """Aligned shards (train / val / test) on the ground-truth points; every third train face is val."""
     rows = []
     for i, (nm, g) in enumerate(sorted((n, g) for n, g in gts.items() if g.split == "train")):
         rows.append({"key": nm[:-4], "name": nm, "split": "val" if i % 3 == 2 else "train"})
     rows += [{"key": nm[:-4], "name": nm, "split": "test"} for nm, g in sorted(gts.items()) if g.split == "test"]
-    plans = shards.plan_splits(rows, per_shard, splits=["train", "val", "test"])
-    zf = zipfile.ZipFile(archive)
-
-    def fn(spec, sink):
-        for it in spec.items:
-            g = gts[it["name"]]
-            rgb = np.asarray(Image.open(io.BytesIO(zf.read(f"Image/original/{it['name']}"))).convert("RGB"))
-            img, _, pts = align_face(rgb, None, g.points68, g.points5, size, 0.0, size)
-            p68 = pts * size - 0.5
-            buf = io.BytesIO()
-            Image.fromarray(img).save(buf, format="JPEG", quality=95)
-            meta = {"key": it["key"], "split": spec.split, "label": g.label - 1, "label_space": "basic7",
-                    "output_size": size,
-                    "points_aligned": p68[[36, 45, 30, 48, 54]].round(3).tolist(),  # ~ the 5 points
-                    "points68_aligned": p68.round(3).tolist()}
-            sink.add({"__key__": it["key"], "jpg": buf.getvalue(), "cls": str(g.label - 1), "json": meta})
-
-    shards.run_sharded_stage(plans, fn, out_dir, progress=False)
-    return out_dir
+    return write_gt_aligned(out_dir, archive, gts, rows, ["train", "val", "test"], size, per_shard)
 
 
 def table(artifact) -> list[dict]:

@@ -15,6 +15,8 @@ import torch
 from PIL import Image
 
 from ferpipe import shards
+
+from tests._gt_shards import write_gt_aligned
 from ferpipe.errors import ConfigError, MissingCheckpointError
 from ferpipe.priors import (
     IBUG68_FLIP,
@@ -29,7 +31,6 @@ from ferpipe.priors import (
     priors_shard,
     priors_stage,
 )
-from ferpipe.priors.data import align_face
 from ferpipe.priors.nets import PriorNet, save_prior_net
 from ferpipe.priors.stage import decode_npy, decode_png
 
@@ -50,27 +51,9 @@ def synth_set(tmp_path_factory):
 
 
 def write_aligned(out_dir: Path, archive: Path, gts: dict, size: int = ALIGNED, per_shard: int = 4):
-    """Aligned shards in the align stage's format, aligned on the ground-truth 5 points
-    (no MTCNN: these tests are about priors)."""
-    import zipfile
-
+    """Aligned shards (train / test) on the ground-truth points (no MTCNN: these tests are about priors)."""
     rows = [{"key": nm[:-4], "split": g.split, "name": nm} for nm, g in sorted(gts.items())]
-    plans = shards.plan_splits(rows, per_shard, splits=["train", "test"])
-    zf = zipfile.ZipFile(archive)
-
-    def fn(spec, sink):
-        for it in spec.items:
-            g = gts[it["name"]]
-            rgb = np.asarray(Image.open(io.BytesIO(zf.read(f"Image/original/{it['name']}"))).convert("RGB"))
-            img, _, pts = align_face(rgb, None, g.points68, g.points5, size, 0.0, size)
-            buf = io.BytesIO()
-            Image.fromarray(img).save(buf, format="JPEG", quality=95)
-            meta = {"key": it["key"], "label": g.label - 1, "output_size": size,
-                    "points68_aligned": (pts * size - 0.5).round(3).tolist()}
-            sink.add({"__key__": it["key"], "jpg": buf.getvalue(), "cls": str(g.label - 1), "json": meta})
-
-    shards.run_sharded_stage(plans, fn, out_dir, progress=False)
-    return out_dir
+    return write_gt_aligned(out_dir, archive, gts, rows, ["train", "test"], size, per_shard)
 
 
 @pytest.fixture(scope="session")
