@@ -145,6 +145,10 @@ def preset_name(params) -> str:
 
 def resolve(params) -> TrainConfig:
     """The preset (``train.preset`` or ``<train.model>-cpu``) with every non-null override applied."""
+    if not params.preset and preset_name(params) not in _PRESETS:
+        models = sorted({c.model for c in _PRESETS.values()})
+        raise ConfigError(f"train.model: no recipe for model {params.model!r} (no preset "
+                          f"{preset_name(params)!r}); models with presets: {', '.join(models)}")
     cfg = get_preset(preset_name(params))
     if params.model and params.preset and cfg.model != params.model:
         raise ConfigError(f"train.preset {params.preset!r} trains model {cfg.model!r} but train.model is "
