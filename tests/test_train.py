@@ -485,3 +485,19 @@ def test_stateful_criterion_hooks_ten_crop_and_no_priors(feat, tmp_path):
     # 96 train samples, batch 16 -> 6 steps per epoch; every sample (x10 crops) seen at each epoch end.
     assert int(state["criterion"]["steps"]) == 12 and int(state["criterion"]["seen_in_end_epoch"]) == 2 * 960
     assert res.test["n"] == 21 and 0.0 <= res.test["acc"] <= 1.0
+
+
+def test_a_run_that_fails_early_keeps_the_previous_logs(feat, tmp_path):
+    import shutil
+
+    from ferpipe.errors import MissingCheckpointError
+    from ferpipe.train.stage import train_stage
+
+    shutil.copytree(feat.root, tmp_path / "data" / "priors" / "tiny")
+    live = tmp_path / "reports/train/live"
+    (live / "plots").mkdir(parents=True)
+    (live / "metrics.json").write_text('{"kept": true}')
+    with pytest.raises(MissingCheckpointError):
+        train_stage(TrainParams(dataset="tiny", model="resnet18", num_workers=0, threads=1,
+                                model_kwargs={"checkpoint": str(tmp_path / "nothere.pth")}), Layout(tmp_path))
+    assert (live / "metrics.json").read_text() == '{"kept": true}'

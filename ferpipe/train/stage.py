@@ -73,10 +73,20 @@ class _LiveLogger:
     """Per-epoch DVCLive metrics (train loss, val acc/F1/loss, lr) and step."""
 
     def __init__(self, live_dir: Path, resume: bool):
-        from dvclive import Live
+        self._dir, self._resume, self._live = live_dir, resume, None
 
-        # dvcyaml=None: the stage's plots are declared in dvc.yaml by hand (a shared file).
-        self.live = Live(dir=str(live_dir), resume=resume, report=None, save_dvc_exp=False, dvcyaml=None)
+    @property
+    def live(self):
+        # Opened at the first epoch's end, not before: DVCLive clears its directory when it
+        # starts fresh, and a run that fails early (missing checkpoint, bad shards) must not
+        # wipe the previous run's logs.
+        if self._live is None:
+            from dvclive import Live
+
+            # dvcyaml=None: the stage's plots are declared in dvc.yaml by hand (a shared file).
+            self._live = Live(dir=str(self._dir), resume=self._resume, report=None, save_dvc_exp=False,
+                              dvcyaml=None)
+        return self._live
 
     def __call__(self, info: dict[str, Any]) -> None:
         live = self.live
