@@ -111,17 +111,25 @@ class FaceDetector:
     def _run(self, batch: np.ndarray, min_face: float) -> list[Detections]:
         import torch  # noqa: PLC0415
 
-        self.mtcnn.min_face_size = min_face
+        from ferpipe.align import cascade  # noqa: PLC0415
+
+        m = self.mtcnn
+        m.min_face_size = min_face
+        # Thresholds and factor are the MTCNN object's, as when calling m.detect(batch); the
+        # cascade gives the same bits, with the box crops batched.
         with torch.inference_mode():
-            boxes, probs, points = self.mtcnn.detect(batch, landmarks=True)
+            res = cascade.detect(batch, m.min_face_size, m.pnet, m.rnet, m.onet, tuple(m.thresholds),
+                                 m.factor, self.device)
         out = []
-        for b, p, pt in zip(boxes, probs, points):
-            if b is None:
+        for i in range(len(batch)):
+            sel = res.image_index == i
+            if not sel.any():
                 out.append(empty_detections())
                 continue
-            out.append(Detections(np.asarray(b, dtype=np.float32).reshape(-1, 4),
-                                  np.asarray(p, dtype=np.float32).reshape(-1),
-                                  np.asarray(pt, dtype=np.float32).reshape(-1, 5, 2)))
+            b = res.boxes[sel]
+            out.append(Detections(np.ascontiguousarray(b[:, :4], dtype=np.float32),
+                                  np.ascontiguousarray(b[:, 4], dtype=np.float32),
+                                  np.ascontiguousarray(res.points[sel], dtype=np.float32)))
         return out
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
