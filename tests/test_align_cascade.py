@@ -113,3 +113,13 @@ def test_batched_crops_equal_per_box_area_resize(size):
     grouped = cascade._crops_grouped(nchw.permute(0, 2, 3, 1), torch.as_tensor(image_index),
                                      bounds, size)
     assert torch.equal(grouped, ref)
+
+
+def test_pyramid_levels_equal_imresample():
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, (2, 97, 131, 3), dtype=np.uint8)
+    px = cascade._Pixels(torch.as_tensor(x), torch.float32)
+    for out_h, out_w in [(98, 132), (97, 131), (69, 93), (13, 17), (12, 12), (1, 2), (2, 1), (1, 1)]:
+        ref = imresample(px.nchw, (out_h, out_w))
+        got = px.resized(out_h, out_w)
+        assert torch.equal(got, ref) and got.stride() == ref.stride(), (out_h, out_w)

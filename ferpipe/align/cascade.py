@@ -105,24 +105,57 @@ _CHUNK_BUDGET = 500_000
 
 
 class _HostPixels:
-    """A uint8 NHWC batch on the host, laid out for gathering crop rows.
+    """A uint8 NHWC batch on the host, each image followed by one row of zeros.
 
-    ``rows(w)`` is a view whose row ``p`` is the ``w`` pixels starting at flat pixel ``p``
-    (rows overlap; nothing is copied). Row ``zero`` reads only padding zeros.
+    ``planes`` is the batch as (N, H + 1, W * C), the zero row last. ``rows(w)`` is a view
+    whose row ``p`` is the ``w`` pixels starting at flat pixel ``p`` (rows overlap; nothing
+    is copied); flat pixel ``(b * (H + 1) + y) * W + x`` is image b's (y, x), and row
+    ``zero`` (image 0's zero row) reads only zeros.
     """
 
     def __init__(self, x: np.ndarray):
-        n, self.h, self.w, c = x.shape
-        self.zero = n * self.h * self.w + self.w
-        # Padding: a row starting at the batch's last pixel may run a whole image row past
-        # the end, and the zero row needs one image row of zeros.
-        self.buf = np.zeros((self.zero + self.w) * c, np.uint8)
-        self.buf[:x.size] = x.reshape(-1)
-        self.c = c
+        n, self.h, self.w, self.c = x.shape
+        self.zero = self.h * self.w
+        # A row view starting in an image's last row runs at most one image row on: into
+        # that image's zero row, so no extra padding is needed.
+        self.buf = np.zeros(n * (self.h + 1) * self.w * self.c, np.uint8)
+        self.planes = self.buf.reshape(n, self.h + 1, self.w * self.c)
+        self.planes[:, :self.h] = x.reshape(n, self.h, -1)
+
+    def pixel(self, image: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Flat pixel index of column 0 of row ``y`` of image ``image``."""
+        return (image * (self.h + 1) + y) * self.w
 
     def rows(self, w: int) -> np.ndarray:
-        return np.lib.stride_tricks.as_strided(self.buf, (self.zero + 1, w * self.c),
+        n_px = self.buf.size // self.c
+        return np.lib.stride_tricks.as_strided(self.buf, (n_px - w + 1, w * self.c),
                                                (self.c, 1), writeable=False)
+
+
+def _area_resize_uint8(px: _HostPixels, out_h: int, out_w: int) -> torch.Tensor:
+    """The whole batch area-resized to (out_h, out_w), exactly as ``imresample`` does it
+    on the float batch: (N, C, out_h, out_w) float32 with channels-last strides (the layout
+    interpolate returns for that input, so P-Net sees the same memory too).
+
+    Same separable integer sums as :func:`_crops_uint8`, with windows shared by all images:
+    the rows pass adds whole image rows, the columns pass is one matmul.
+    """
+    r_start, r_len = (a[0] for a in _pool_windows(np.array([px.h]), out_h))
+    c_start, c_len = (a[0] for a in _pool_windows(np.array([px.w]), out_w))
+    n, c = px.planes.shape[0], px.c
+    rows = px.planes[:, r_start].astype(np.uint16)  # (n, out_h, w * c)
+    for j in range(1, int(r_len.max())):
+        np.add(rows, px.planes[:, np.where(j < r_len, r_start + j, px.h)], out=rows)
+    planes = np.empty((n, out_h, c, px.w), np.float32)
+    planes[...] = rows.reshape(n, out_h, px.w, c).transpose(0, 1, 3, 2)
+    x = np.arange(px.w)[:, None]
+    win = ((x >= c_start) & (x < c_start + c_len)).astype(np.float32)  # (w, out_w)
+    sums = torch.mm(torch.from_numpy(planes.reshape(-1, px.w)),
+                    torch.from_numpy(win)).numpy().reshape(n, out_h, c, out_w)
+    np.divide(sums, r_len.astype(np.float32)[None, :, None, None], out=sums)
+    out = np.empty((n, out_h, out_w, c), np.float32)
+    np.divide(sums.transpose(0, 1, 3, 2), c_len.astype(np.float32)[None, None, :, None], out=out)
+    return torch.from_numpy(out).permute(0, 3, 1, 2)
 
 
 def _crops_uint8(px: _HostPixels, image_index: np.ndarray, bounds: np.ndarray,
@@ -144,8 +177,7 @@ def _crops_uint8(px: _HostPixels, image_index: np.ndarray, bounds: np.ndarray,
     r_start, r_len = _pool_windows(ch, size)
     c_start, c_len = _pool_windows(cw, size)
     # First pixel of each output row's window, as a flat pixel index of the batch.
-    first = ((image_index.astype(np.int64)[:, None] * px.h + y0[:, None] + r_start) * px.w
-             + x0[:, None])
+    first = px.pixel(image_index.astype(np.int64)[:, None], y0[:, None] + r_start) + x0[:, None]
     order = np.argsort(cw, kind="stable")  # similar widths together: little padding
     cost = size * r_len.max(axis=1)[order] * cw[order]
     for run in _chunks(cost, _CHUNK_BUDGET):
@@ -206,25 +238,44 @@ def _crops_grouped(nhwc: torch.Tensor, image_index: torch.Tensor, bounds: np.nda
 
 
 class _Pixels:
-    """The batch as the box crops read it."""
+    """The batch as the pyramid and the box crops read it."""
 
-    def __init__(self, x: torch.Tensor, nhwc: torch.Tensor):
-        self.nhwc = nhwc  # float, on the device
+    def __init__(self, x: torch.Tensor, dtype: torch.dtype):
+        self.x, self.dtype = x, dtype
         self.hw = (int(x.shape[1]), int(x.shape[2]))
-        # The fast exact path needs integer pixels and runs on the host; on a GPU the crops
-        # stay there, with torch's own pooling kernel (the grouped path).
+        self._nchw = None
+        # The fast exact paths need integer pixels, float32 nets and the host; on a GPU
+        # everything stays there, with torch's own pooling kernel.
         self.host = None
-        if x.dtype == torch.uint8 and x.device.type == "cpu":
+        if x.dtype == torch.uint8 and x.device.type == "cpu" and dtype == torch.float32:
             self.host = _HostPixels(x.numpy())
 
+    @property
+    def nchw(self) -> torch.Tensor:
+        """The float batch as facenet-pytorch builds it: an NCHW view with channels-last
+        strides (made only when a general path needs it)."""
+        if self._nchw is None:
+            self._nchw = self.x.permute(0, 3, 1, 2).to(self.dtype)
+        return self._nchw
+
+    def resized(self, out_h: int, out_w: int) -> torch.Tensor:
+        """A P-Net pyramid level: ``imresample(nchw, (out_h, out_w))``, bit for bit."""
+        # Integer window sums stay exact in float32 below 2**24, and row sums in uint16.
+        win_h, win_w = -(-self.hw[0] // out_h) + 1, -(-self.hw[1] // out_w) + 1
+        # (torch pools to 1x1 with a mean, which divides once: never a pyramid level.)
+        if (self.host is not None and win_h * win_w * 255 < 2**24 and win_h <= 257
+                and out_h * out_w > 1):
+            return _area_resize_uint8(self.host, out_h, out_w)
+        return imresample(self.nchw, (out_h, out_w))
+
     def crops(self, image_index: torch.Tensor, bounds: np.ndarray, size: int) -> torch.Tensor:
-        # Window sums stay exact integers in float32 below 2**24 (255 * 65,793 px): crops
-        # up to about 6,000 px at 24x24. Larger ones take the general path.
+        """(n, C, size, size) crops, as facenet-pytorch's per-box ``imresample``, bit for
+        bit; the fast path up to crops of about 6,000 px at 24x24 (the bounds above)."""
         longest = np.max(bounds[:, 2:] - bounds[:, :2], initial=0) // size + 2
         if self.host is not None and longest * longest * 255 < 2**24:
             return torch.from_numpy(_crops_uint8(self.host, image_index.cpu().numpy(),
                                                  bounds, size))
-        return _crops_grouped(self.nhwc, image_index, bounds, size)
+        return _crops_grouped(self.nchw.permute(0, 2, 3, 1), image_index, bounds, size)
 
 
 def _refine_input(pixels: _Pixels, boxes: torch.Tensor, image_index: torch.Tensor,
@@ -251,18 +302,14 @@ def detect(imgs: np.ndarray | torch.Tensor, min_face: float, pnet, rnet, onet,
     x = torch.as_tensor(imgs, device=device)
     if x.ndim == 3:
         x = x.unsqueeze(0)
-    dtype = next(pnet.parameters()).dtype
-    # NCHW view of the NHWC data (channels-last strides), as facenet-pytorch builds it: the
-    # pyramid resize and P-Net then see the same memory layout and give the same bits.
-    imgs_nchw = x.permute(0, 3, 1, 2).to(dtype)
-    pixels = _Pixels(x, imgs_nchw.permute(0, 2, 3, 1))
-    n_img, _, h, w = imgs_nchw.shape
+    pixels = _Pixels(x, next(pnet.parameters()).dtype)
+    h, w = pixels.hw
 
     # Stage 1: P-Net over the pyramid; NMS per scale and image, then across scales.
     cands, cand_img, picks = [], [], []
     offset = 0
     for scale in _pyramid(h, w, min_face, factor):
-        level = imresample(imgs_nchw, (int(h * scale + 1), int(w * scale + 1)))
+        level = pixels.resized(int(h * scale + 1), int(w * scale + 1))
         reg, prob = pnet(_normalise(level))
         b, bi = generateBoundingBox(reg, prob[:, 1], scale, thresholds[0])
         picks.append(batched_nms(b[:, :4], b[:, 4], bi, 0.5) + offset)
