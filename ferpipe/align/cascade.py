@@ -2,12 +2,14 @@
 
 Same arithmetic, step for step, as facenet-pytorch's ``detect_face`` (its pretrained P/R/O-Nets
 and its small box helpers are reused), so boxes, scores and points are bitwise the same. What
-differs is how candidate boxes become R-Net (24x24) and O-Net (48x48) inputs: facenet-pytorch
-slices and area-resizes one box per ``interpolate`` call, which is most of the detection time
-on small images. Area resizing to a fixed size is an adaptive average pool whose windows
-depend only on the crop size, so here the boxes are grouped by crop size, all crops of one
-size are gathered with one indexing op and pooled in one call, and the results are put back
-in facenet-pytorch's box order (the nets' batch order decides NMS ties, so it must not move).
+differs is how pixels become net inputs. facenet-pytorch area-resizes every candidate box with
+its own ``interpolate`` call (most of the detection time on small images), and every pyramid
+level from a float copy of the batch. Here, for uint8 images on the host, both are separable
+integer window sums: every window sum of integer pixels is an exact integer in float32 whatever
+the order of the additions, and the one rounding step (torch's ``sum / kh / kw``) is done the
+same way, so many boxes are resized per call and the result is still bit for bit torch's.
+Other inputs (float pixels, GPU tensors) group boxes by crop size and use torch's own pool.
+Boxes keep facenet-pytorch's order: the nets' batch order decides NMS ties.
 """
 
 from __future__ import annotations
