@@ -88,7 +88,9 @@ def test_rafdb_missing_image_is_a_problem(tmp_path):
 
 @pytest.mark.parametrize(
     "bad,match",
-    [("train_00002.jpg 8", r"list_patition_label.txt:2: label '8'.*1-based"),
+    [("train_00002.jpg 8", r"list_patition_label.txt:2: label '8'.*compound, not basic.*"
+                           r"download.label_space: compound11"),
+     ("train_00002.jpg 12", r"list_patition_label.txt:2: label '12'.*basic label \(1-7, 1-based\)"),
      ("train_00002.jpg", r"list_patition_label.txt:2: expected '<name>.jpg <label 1-7>'"),
      ("val_00002.jpg 3", r":2: image name 'val_00002.jpg'")],
 )
@@ -187,8 +189,11 @@ def test_affectnet_csv_layout(tmp_path):
 
 
 def test_affectnet_csv_wrong_header(tmp_path):
+    (tmp_path / "training.csv").write_text("subDirectory_filePath,label\na.jpg,1\n")
+    with pytest.raises(DataError, match=r"training.csv:1: header .* lacks the columns \['expression'\]"):
+        READERS["affectnet"](tmp_path)
     (tmp_path / "training.csv").write_text("path,label\na.jpg,1\n")
-    with pytest.raises(DataError, match=r"training.csv:1: header .* lacks"):
+    with pytest.raises(DataError, match=r"training.csv:1: neither a header .* nor a data row"):
         READERS["affectnet"](tmp_path)
 
 

@@ -8,7 +8,9 @@ the wrong format, an unknown class) raise :class:`ferpipe.errors.DataError`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -42,6 +44,11 @@ class RawRecord:
     path: str
     native_label: str
     landmarks5: tuple[float, ...] | None = None  # x0,y0..x4,y4 in source pixels
+    # The annotated face: x0, y0, x1, y1 in source pixels (AffectNet, RAF-DB v1.1, ExpW). With
+    # several people in a photo it says which face the label belongs to.
+    bbox: tuple[float, float, float, float] | None = None
+    # All the dataset's own points for this face (x0,y0,x1,y1,...), e.g. AffectNet's 68.
+    landmarks: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,7 @@ class Problem:
 @dataclass
 class ReaderResult:
     dataset: str
-    native_map: str  # a name in ferpipe.labels.NATIVE_MAPS
+    native_map: str | NativeMap  # a name in ferpipe.labels.NATIVE_MAPS (or a built map)
     records: list[RawRecord]
     problems: list[Problem] = field(default_factory=list)  # entries skipped, with the reason
     default_space: str = "basic7"  # basic8 when the data has contempt
@@ -90,13 +97,21 @@ def finalize(dataset: str, records: list[RawRecord]) -> list[RawRecord]:
             continue
         for r in group:
             h = hashlib.sha1(r.path.encode()).hexdigest()[:8]
-            out.append(RawRecord(f"{key}-{h}", r.split, r.path, r.native_label, r.landmarks5))
+            out.append(dataclasses.replace(r, key=f"{key}-{h}"))
     out.sort(key=lambda r: r.key)
     for r in out:
         assert _KEY_OK.match(r.key), r.key
     if len({r.key for r in out}) != len(out):
         raise DataError(f"{dataset}: two entries share one path; the listing has duplicates")
     return out
+
+
+def xyxy(x0: float, y0: float, x1: float, y1: float) -> tuple[float, float, float, float] | None:
+    """A face box rounded for the manifest, or None when it is empty or not finite."""
+    box = tuple(float(round(v, 3)) for v in (x0, y0, x1, y1))
+    if not all(math.isfinite(v) for v in box) or box[2] <= box[0] or box[3] <= box[1]:
+        return None
+    return box  # type: ignore[return-value]
 
 
 def find_layout_root(root: Path, markers: tuple[str, ...], what: str) -> Path:
