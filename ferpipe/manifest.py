@@ -24,10 +24,10 @@ STATUS_OK = "ok"
 SPLITS = ("train", "val", "test")
 COLUMNS = (
     "key", "dataset", "split", "path", "sha256", "width", "height",
-    "native_label", "label", "status", "landmarks5", "bbox", "landmarks",
+    "native_label", "label", "status", "landmarks5", "bbox", "landmarks", "soft_label",
 )  # fmt: skip
 # Columns later releases added: a manifest written before them reads with these as null.
-_OPTIONAL = ("bbox", "landmarks")
+_OPTIONAL = ("bbox", "landmarks", "soft_label")
 _META_LABELS = b"ferpipe.label_space"
 _META_INFO = b"ferpipe.manifest"
 
@@ -46,6 +46,7 @@ _SCHEMA = pa.schema(
         ("landmarks5", pa.list_(pa.float32())),
         ("bbox", pa.list_(pa.float32())),  # the dataset's face box x0, y0, x1, y1 (source px)
         ("landmarks", pa.list_(pa.float32())),  # the dataset's own points, x,y interleaved
+        ("soft_label", pa.list_(pa.float32())),  # a label distribution in the space's order
     ]
 )
 

@@ -228,7 +228,7 @@ def test_ferplus_csv_materialises_pngs(tmp_path):
             ("Training", "fer0000002.png", "nf"), ("PublicTest", "fer0000003.png", "contempt"),
             ("PrivateTest", "fer0000004.png", "weak"), ("PrivateTest", "", "happy")]
     _ferplus_csv(tmp_path, rows)
-    res = READERS["ferplus"](tmp_path)
+    res = READERS["ferplus"](tmp_path, mode="plurality", eval_mode="plurality")
     recs = _check(res)
     assert {k: (r.split, r.native_label) for k, r in recs.items()} == {
         "fer0000000": ("train", "happiness"), "fer0000003": ("val", "contempt"),
@@ -245,7 +245,7 @@ def test_ferplus_csv_materialises_pngs(tmp_path):
     png.unlink()
     READERS["ferplus"](tmp_path)
     assert png.read_bytes() == first  # deterministic
-    strict = READERS["ferplus"](tmp_path, vote="majority")
+    strict = READERS["ferplus"](tmp_path)  # majority, FERPlus's default
     assert "fer0000004" not in {r.key for r in strict.records}
 
 
@@ -372,7 +372,7 @@ def test_key_collisions_get_path_hash(tmp_path):
 
 
 def test_get_reader_lists_choices():
-    with pytest.raises(DataError, match="affectnet, ferplus, imagefolder, occlufer, rafdb, sfew"):
+    with pytest.raises(DataError, match="affectnet, ckplus, expw, ferplus, imagefolder, occlufer, rafdb, sfew"):
         get_reader("raf")
 
 

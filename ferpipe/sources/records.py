@@ -49,6 +49,8 @@ class RawRecord:
     bbox: tuple[float, float, float, float] | None = None
     # All the dataset's own points for this face (x0,y0,x1,y1,...), e.g. AffectNet's 68.
     landmarks: tuple[float, ...] | None = None
+    # A label distribution over the native classes (FERPlus probability/crossentropy targets).
+    soft_label: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class ReaderResult:
     problems: list[Problem] = field(default_factory=list)  # entries skipped, with the reason
     default_space: str = "basic7"  # basic8 when the data has contempt
     warnings: list[Problem] = field(default_factory=list)  # kept entries with a caveat
+    soft_classes: tuple[str, ...] = ()  # native labels of RawRecord.soft_label's entries
 
     @property
     def label_map(self) -> NativeMap:
@@ -172,7 +175,7 @@ def read_class_tree(
     root: Path,
     layout_root: Path,
     split_dirs: dict[str, str],
-    native_map: str,
+    native_map: str | NativeMap,
 ) -> tuple[list[RawRecord], list[Problem], list[Problem], set[str]]:
     """Read ``<split>/<class>/**/<image>`` folders (the ImageFolder layout).
 
@@ -210,10 +213,19 @@ def read_class_tree(
                     Problem(rel(root, Path(entry.path)), "file is not in a class folder"))
                 continue
             if not nmap.knows(entry.name):
+                if entry.name.isdigit() and not nmap.numeric:
+                    raise DataError(
+                        f"{dataset}: class folder {rel(root, Path(entry.path))!r} is a number, "
+                        f"which names no class: set download.class_order to say which number is "
+                        f"which class, e.g. rafdb (1 surprise .. 7 neutral), fer2013 (0 anger .. "
+                        f"6 neutral), affectnet (0 neutral .. 7 contempt), a list of class names "
+                        f"for folders 0, 1, ..., or {{number: class}}")
                 raise DataError(
                     f"{dataset}: unknown class folder {rel(root, Path(entry.path))!r}; allowed "
                     f"names: {', '.join(nmap.allowed)}"
                     + (" (case-insensitive)" if nmap.case_insensitive else "")
+                    + (" (numbers compare by value: 06 is 6)" if nmap.numeric else "")
+                    + (" as set by download.class_order" if nmap.numeric else "")
                 )
             if nmap.is_dropped(entry.name):
                 problems.append(Problem(rel(root, Path(entry.path)), "class is not an expression"))
@@ -241,3 +253,19 @@ def read_class_tree(
             f"{sorted(split_dirs)} (case-insensitive)"
         )
     return records, problems, warnings, classes
+
+
+def subject_folds(groups: set[str] | list[str], folds: int, seed: int, what: str,
+                  ) -> dict[str, int]:
+    """``{group: fold}``: groups (subjects, source images) sorted, permuted by a generator seeded
+    with ``seed``, dealt round-robin into ``folds`` folds. Everything of one group lands in one
+    fold, so a test fold never shares a subject (or a photo) with training."""
+    import numpy as np
+
+    order = sorted(set(groups))
+    if folds < 2 or len(order) < folds:
+        raise DataError(
+            f"{what}: {len(order)} groups cannot make download.folds={folds} folds "
+            f"(need 2 <= folds <= {len(order)})")
+    perm = np.random.default_rng(seed).permutation(len(order))
+    return {order[int(j)]: i % folds for i, j in enumerate(perm)}
