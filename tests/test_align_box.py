@@ -67,7 +67,7 @@ def test_group_photo_crop_is_the_annotated_face_not_the_largest(tmp_path):
     assert box_iou(np.asarray([boxed["box"]]), T1_BOX)[0] == pytest.approx(boxed["box_iou"],
                                                                           abs=1e-3)
     # Detection ran on the box's region only, and the points map back into the box.
-    assert boxed["detect"]["size"] == [192, 192] and "region_offset" in boxed["detect"]
+    assert boxed["detect"]["size"] == [256, 256] and "region_offset" in boxed["detect"]
     eyes = np.asarray(boxed["points_src"])[:2]
     assert ((eyes[:, 0] > T1_BOX[0]) & (eyes[:, 0] < T1_BOX[2]) & (eyes[:, 1] > T1_BOX[1])
             & (eyes[:, 1] < T1_BOX[3])).all()

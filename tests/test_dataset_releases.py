@@ -8,7 +8,6 @@ import csv
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from ferpipe.config import params_from_dict

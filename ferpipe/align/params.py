@@ -45,7 +45,7 @@ class AlignParams(StrictModel):
     # The sample json records which rule chose the face (chosen_by).
     use_dataset_box: bool = True
     box_context: float = Field(0.5, ge=0.0, le=4.0)
-    box_detect_size: int = Field(192, ge=48, le=1024)
+    box_detect_size: int = Field(256, ge=48, le=1024)
     box_min_iou: float = Field(0.3, ge=0.0, le=1.0)
 
     # Detection. The detector sees a resized copy: longest side at most detect_max_side,

@@ -131,7 +131,8 @@ def find_layout_root(root: Path, markers: tuple[str, ...], what: str) -> Path:
         frontier = [c for d in frontier for c in _sorted_dirs(d)]
     raise DataError(
         f"{what}: none of {list(markers)} found under {root} (looked up to two folders deep); "
-        f"is this the extracted dataset?"
+        f"is this the extracted dataset? Check download.source (the folder or archive you "
+        f"unpacked) and download.format (docs/datasets.md lists each release's layout)"
     )
 
 
