@@ -175,6 +175,13 @@ def test_rafdb_basic_refuses_compound11_and_keeps_boxes(tmp_path):
     assert READERS["rafdb"](tmp_path / "basic", images="aligned").records[0].bbox is None
 
 
+def test_raf_ce_is_refused_by_name(tmp_path):
+    (tmp_path / "RAF-CE").mkdir()
+    (tmp_path / "RAF-CE/RAFCE_emolabel.txt").write_text("0001.jpg 13\n")
+    with pytest.raises(DataError, match=r"RAF-CE/ is RAF-CE .* does not read"):
+        READERS["rafdb"](tmp_path)
+
+
 # --------------------------------------------------------------------------------------- ExpW
 
 

@@ -64,7 +64,11 @@ def read_rafdb(root: str | os.PathLike, *, images: str = "original",
         raise DataError(f"rafdb: images must be 'original' or 'aligned', got {images!r}")
     if variant not in ("auto", "basic", "compound"):
         raise DataError(f"rafdb: variant must be auto, basic or compound, got {variant!r}")
-    base = find_layout_root(root, (LABEL_FILE, _LABEL_FILE_FIXED), "rafdb")
+    try:
+        base = find_layout_root(root, (LABEL_FILE, _LABEL_FILE_FIXED), "rafdb")
+    except DataError:
+        _refuse_raf_ce(root)
+        raise
     label_file = base / LABEL_FILE
     if not label_file.exists():
         label_file = base / _LABEL_FILE_FIXED
@@ -138,6 +142,20 @@ def read_rafdb(root: str | os.PathLike, *, images: str = "original",
         raise DataError(f"{dataset}: {lf} lists no usable image")
     space = "compound11" if chosen == "compound" else "basic7"
     return ReaderResult("rafdb", map_name, finalize("rafdb", records), problems, space, warnings)
+
+
+def _refuse_raf_ce(root: Path) -> None:
+    """RAF-CE (the newer compound set: ``RAFCE_emolabel.txt``, 14 classes from 0) shares RAF-DB's
+    name but not its labels; name it rather than say the label file is missing."""
+    try:
+        found = find_layout_root(root, ("RAFCE_emolabel.txt", "RAFCE_partition.txt"), "rafdb")
+    except DataError:
+        return
+    raise DataError(
+        f"rafdb: {rel(root, found) if found != root else '.'}/ is RAF-CE (RAFCE_emolabel.txt, "
+        f"14 compound classes numbered from 0), a variant ferpipe does not read; download.format "
+        f"rafdb reads RAF-DB basic (labels 1-7) and RAF-DB compound (labels 1-11) with "
+        f"EmoLabel/list_patition_label.txt")
 
 
 def _bad_label(where: str, name: str, label: str, chosen: str, variant: str,
