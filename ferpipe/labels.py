@@ -1,7 +1,9 @@
 """Canonical label spaces, and every supported dataset's native labels mapped onto them.
 
 The canonical order is RAF-DB's, 0-based: ``surprise, fear, disgust, happiness, sadness, anger,
-neutral``; the 8-class space appends ``contempt`` (index 7). Every reader reports labels the way
+neutral``; the 8-class space appends ``contempt`` (index 7). RAF-DB's compound expressions have their own
+space, ``compound11`` (RAF-DB's 1..11 order, 0-based); basic and compound labels never map into
+each other's spaces. Every reader reports labels the way
 its dataset writes them (``native_label``: RAF-DB ``"5"``, AffectNet ``"7"``, SFEW ``"Angry"``,
 Occlu-FER ``"AN"`` ...) and names the :class:`NativeMap` that interprets them;
 :func:`to_canonical` turns a native label into the index in a chosen :class:`LabelSpace`.
@@ -24,13 +26,17 @@ from ferpipe.errors import DataError
 __all__ = [
     "BASIC7",
     "BASIC8",
+    "COMPOUND11",
     "LABEL_SPACES",
     "NATIVE_MAPS",
+    "NUMERIC_MAPS",
     "LabelSpace",
     "NativeMap",
     "canonical_lookup",
     "get_label_space",
     "get_native_map",
+    "numeric_folder_map",
+    "space_kind",
     "to_canonical",
 ]
 
@@ -81,19 +87,32 @@ class LabelSpace:
 
 BASIC7 = LabelSpace("basic7", _CLASSES7)
 BASIC8 = LabelSpace("basic8", _CLASSES7 + ("contempt",))
-LABEL_SPACES: Mapping[str, LabelSpace] = MappingProxyType({"basic7": BASIC7, "basic8": BASIC8})
+# RAF-DB compound, in its own 1..11 order (0-based here). Compound classes are not basic ones:
+# no map sends a compound label into basic7/basic8 or a basic label into compound11.
+COMPOUND11 = LabelSpace("compound11", (
+    "happily_surprised", "happily_disgusted", "sadly_fearful", "sadly_angry", "sadly_surprised",
+    "sadly_disgusted", "fearfully_angry", "fearfully_surprised", "angrily_surprised",
+    "angrily_disgusted", "disgustedly_surprised"))
+LABEL_SPACES: Mapping[str, LabelSpace] = MappingProxyType(
+    {"basic7": BASIC7, "basic8": BASIC8, "compound11": COMPOUND11})
+_KNOWN_CLASSES = frozenset(BASIC8.classes) | frozenset(COMPOUND11.classes)
 
 
 def get_label_space(name: str | int) -> LabelSpace:
-    """``"basic7"``/``"basic8"``, or the class count 7/8."""
+    """``"basic7"``/``"basic8"``/``"compound11"``, or the class count 7/8/11."""
     if isinstance(name, int) and not isinstance(name, bool):
-        name = {7: "basic7", 8: "basic8"}.get(name, str(name))
+        name = {7: "basic7", 8: "basic8", 11: "compound11"}.get(name, str(name))
     try:
         return LABEL_SPACES[name]
     except KeyError:
         raise DataError(
-            f"unknown label space {name!r}; choose one of {sorted(LABEL_SPACES)} (or 7 / 8)"
+            f"unknown label space {name!r}; choose one of {sorted(LABEL_SPACES)} (or 7 / 8 / 11)"
         ) from None
+
+
+def space_kind(space: LabelSpace) -> str:
+    """"compound" or "basic": the family a label space's classes come from."""
+    return "compound" if set(space.classes) <= set(COMPOUND11.classes) else "basic"
 
 
 @dataclass(frozen=True)
@@ -109,6 +128,8 @@ class NativeMap:
     mapping: Mapping[str, str | None]
     case_insensitive: bool = False
     description: str = ""
+    # Native labels written as numbers compare by value ("06" == "6"): numeric class folders.
+    numeric: bool = False
     _lookup: Mapping[str, str | None] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -116,12 +137,23 @@ class NativeMap:
         lookup = {self._norm(k): v for k, v in self.mapping.items()}
         object.__setattr__(self, "_lookup", MappingProxyType(lookup))
         for v in self.mapping.values():
-            if v is not None and v not in BASIC8.classes:
+            if v is not None and v not in _KNOWN_CLASSES:
                 raise ValueError(f"native map {self.name!r} maps onto unknown class {v!r}")
 
     def _norm(self, label: object) -> str:
         s = str(label).strip()
+        if self.numeric:
+            try:
+                return str(int(s))
+            except ValueError:
+                return s
         return s.lower() if self.case_insensitive else s
+
+    @property
+    def kind(self) -> str:
+        """"compound" when every class it names is a compound one, else "basic"."""
+        named = {v for v in self.mapping.values() if v is not None}
+        return "compound" if named and named <= set(COMPOUND11.classes) else "basic"
 
     @property
     def allowed(self) -> tuple[str, ...]:
@@ -158,6 +190,12 @@ _RAFDB = NativeMap(
     description="RAF-DB basic, 1-based: 1 Surprise .. 7 Neutral (list_patition_label.txt)",
 )
 
+_RAFDB_COMPOUND = NativeMap(
+    "rafdb_compound",
+    _ordered(tuple(str(i) for i in range(1, 12)), COMPOUND11.classes),
+    description="RAF-DB compound, 1-based: 1 Happily Surprised .. 11 Disgustedly Surprised",
+)
+
 _AFFECTNET = NativeMap(
     "affectnet",
     _ordered(
@@ -186,6 +224,25 @@ _FER2013 = NativeMap(
         ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"),
     ),
     description="original FER2013 'emotion' column: 0 Angry .. 6 Neutral",
+)
+
+_EXPW = NativeMap(
+    "expw",
+    _ordered(
+        tuple(str(i) for i in range(7)),
+        ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"),
+    ),
+    description="ExpW label.lst: 0 angry, 1 disgust, 2 fear, 3 happy, 4 sad, 5 surprise, 6 neutral",
+)
+
+_CKPLUS = NativeMap(
+    "ckplus",
+    _ordered(
+        tuple(str(i) for i in range(8)),
+        ("neutral", "anger", "contempt", "disgust", "fear", "happiness", "sadness", "surprise"),
+    ),
+    description="CK+ Emotion codes: 0 neutral, 1 anger, 2 contempt, 3 disgust, 4 fear, 5 happy, "
+                "6 sadness, 7 surprise",
 )
 
 _SFEW = NativeMap(
@@ -225,8 +282,51 @@ _IMAGEFOLDER = NativeMap(
 )
 
 NATIVE_MAPS: Mapping[str, NativeMap] = MappingProxyType(
-    {m.name: m for m in (_RAFDB, _AFFECTNET, _FERPLUS, _FER2013, _SFEW, _OCCLUFER, _IMAGEFOLDER)}
+    {m.name: m for m in (_RAFDB, _RAFDB_COMPOUND, _AFFECTNET, _FERPLUS, _FER2013, _EXPW, _CKPLUS,
+                         _SFEW, _OCCLUFER, _IMAGEFOLDER)}
 )
+# Native maps whose labels are numbers: a numeric ImageFolder tree can be read through one.
+NUMERIC_MAPS = ("rafdb", "rafdb_compound", "affectnet", "fer2013", "expw", "ckplus")
+
+
+def numeric_folder_map(class_order: str | list[str] | Mapping[int | str, str]) -> NativeMap:
+    """How numbered class folders (``0``..``6``, ``00``..``06``, ``1``..``7``) read.
+
+    ``class_order`` is a numeric native map's name (``rafdb``: 1 surprise .. 7 neutral,
+    ``fer2013``: 0 anger .. 6 neutral, ...), a list of class names for folders 0, 1, 2 ..., or a
+    mapping ``{number: class name}``. Folder names compare by value, so ``06`` is ``6``.
+    """
+    if isinstance(class_order, str):
+        if class_order not in NUMERIC_MAPS:
+            raise DataError(
+                f"download.class_order {class_order!r} is not a numbered dataset; give one of "
+                f"{', '.join(NUMERIC_MAPS)}, a list of class names for folders 0, 1, ..., or a "
+                f"mapping {{number: class}}")
+        base = NATIVE_MAPS[class_order]
+        return NativeMap(f"numeric_{class_order}", dict(base.mapping), numeric=True,
+                         description=f"numbered class folders read as {base.description}")
+    items = (list(enumerate(class_order)) if isinstance(class_order, (list, tuple))
+             else list(class_order.items()))
+    mapping: dict[str, str | None] = {}
+    for num, cls in items:
+        try:
+            key = str(int(str(num)))
+        except ValueError:
+            raise DataError(f"download.class_order: key {num!r} is not a folder number") from None
+        name = str(cls).strip().lower()
+        name = _IMAGEFOLDER.mapping.get(name, name)
+        if name not in _KNOWN_CLASSES:
+            raise DataError(
+                f"download.class_order: {cls!r} (folder {key}) is not a class name; use one of "
+                f"{', '.join(BASIC8.classes)} (or {', '.join(COMPOUND11.classes)})")
+        if key in mapping:
+            raise DataError(f"download.class_order: folder number {key} is given twice")
+        mapping[key] = name
+    if len(set(mapping.values())) != len(mapping):
+        raise DataError(f"download.class_order: two folder numbers name one class: {mapping}")
+    return NativeMap("numeric_custom", mapping, numeric=True,
+                     description="numbered class folders: " + ", ".join(
+                         f"{k} {v}" for k, v in mapping.items()))
 
 
 def get_native_map(name: str | NativeMap) -> NativeMap:

@@ -24,8 +24,10 @@ STATUS_OK = "ok"
 SPLITS = ("train", "val", "test")
 COLUMNS = (
     "key", "dataset", "split", "path", "sha256", "width", "height",
-    "native_label", "label", "status", "landmarks5",
+    "native_label", "label", "status", "landmarks5", "bbox", "landmarks", "soft_label",
 )  # fmt: skip
+# Columns later releases added: a manifest written before them reads with these as null.
+_OPTIONAL = ("bbox", "landmarks", "soft_label")
 _META_LABELS = b"ferpipe.label_space"
 _META_INFO = b"ferpipe.manifest"
 
@@ -42,6 +44,9 @@ _SCHEMA = pa.schema(
         ("label", pa.int16()),
         ("status", pa.string()),
         ("landmarks5", pa.list_(pa.float32())),
+        ("bbox", pa.list_(pa.float32())),  # the dataset's face box x0, y0, x1, y1 (source px)
+        ("landmarks", pa.list_(pa.float32())),  # the dataset's own points, x,y interleaved
+        ("soft_label", pa.list_(pa.float32())),  # a label distribution in the space's order
     ]
 )
 
@@ -141,7 +146,11 @@ def read_manifest(path: str | Path) -> Manifest:
     if _META_LABELS not in meta:
         raise ValueError(f"{path}: not a ferpipe manifest (no label space in its metadata)")
     frame = table.to_pandas()
-    frame["landmarks5"] = [None if v is None else np.asarray(v, dtype=np.float32) for v in frame["landmarks5"]]
+    for col in _OPTIONAL:
+        if col not in frame.columns:
+            frame[col] = None
+    for col in ("landmarks5",) + _OPTIONAL:
+        frame[col] = [None if v is None else np.asarray(v, dtype=np.float32) for v in frame[col]]
     return Manifest(frame, json.loads(meta[_META_LABELS]), json.loads(meta.get(_META_INFO, b"{}")))
 
 

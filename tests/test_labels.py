@@ -110,3 +110,25 @@ def test_unknown_map_and_lookup_table():
         get_native_map("nope")
     assert canonical_lookup("rafdb", 7) == {str(i + 1): i for i in range(7)}
     assert set(NATIVE_MAPS) >= {"rafdb", "affectnet", "ferplus", "sfew", "occlufer", "imagefolder"}
+
+
+def test_compound11_and_new_maps():
+    from ferpipe.labels import COMPOUND11, numeric_folder_map, space_kind
+
+    assert get_label_space(11) is COMPOUND11 and len(COMPOUND11) == 11
+    assert to_canonical("1", "rafdb_compound", "compound11") == 0
+    assert to_canonical("11", "rafdb_compound", "compound11") == 10
+    assert to_canonical("9", "rafdb_compound", "basic8") == -1  # never remapped into basic
+    assert to_canonical("5", "rafdb", "compound11") == -1
+    assert space_kind(COMPOUND11) == "compound" and space_kind(BASIC7) == "basic"
+    assert get_native_map("rafdb_compound").kind == "compound"
+    assert get_native_map("rafdb").kind == "basic"
+    # ExpW 0 angry .. 6 neutral; CK+ 0 neutral, 2 contempt (basic8 only)
+    assert [to_canonical(str(i), "expw", 7) for i in range(7)] == [5, 2, 1, 3, 4, 0, 6]
+    assert to_canonical("2", "ckplus", 7) == -1 and to_canonical("2", "ckplus", 8) == 7
+    m = numeric_folder_map("fer2013")
+    assert m.knows("06") and m.canonical_name("06") == "neutral"
+    with pytest.raises(DataError, match="class_order 'raf' is not a numbered dataset"):
+        numeric_folder_map("raf")
+    with pytest.raises(DataError, match="two folder numbers name one class"):
+        numeric_folder_map(["happy", "happiness"])

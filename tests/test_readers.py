@@ -88,7 +88,9 @@ def test_rafdb_missing_image_is_a_problem(tmp_path):
 
 @pytest.mark.parametrize(
     "bad,match",
-    [("train_00002.jpg 8", r"list_patition_label.txt:2: label '8'.*1-based"),
+    [("train_00002.jpg 8", r"list_patition_label.txt:2: label '8'.*compound, not basic.*"
+                           r"download.label_space: compound11"),
+     ("train_00002.jpg 12", r"list_patition_label.txt:2: label '12'.*basic label \(1-7, 1-based\)"),
      ("train_00002.jpg", r"list_patition_label.txt:2: expected '<name>.jpg <label 1-7>'"),
      ("val_00002.jpg 3", r":2: image name 'val_00002.jpg'")],
 )
@@ -187,8 +189,11 @@ def test_affectnet_csv_layout(tmp_path):
 
 
 def test_affectnet_csv_wrong_header(tmp_path):
+    (tmp_path / "training.csv").write_text("subDirectory_filePath,label\na.jpg,1\n")
+    with pytest.raises(DataError, match=r"training.csv:1: header .* lacks the columns \['expression'\]"):
+        READERS["affectnet"](tmp_path)
     (tmp_path / "training.csv").write_text("path,label\na.jpg,1\n")
-    with pytest.raises(DataError, match=r"training.csv:1: header .* lacks"):
+    with pytest.raises(DataError, match=r"training.csv:1: neither a header .* nor a data row"):
         READERS["affectnet"](tmp_path)
 
 
@@ -223,7 +228,7 @@ def test_ferplus_csv_materialises_pngs(tmp_path):
             ("Training", "fer0000002.png", "nf"), ("PublicTest", "fer0000003.png", "contempt"),
             ("PrivateTest", "fer0000004.png", "weak"), ("PrivateTest", "", "happy")]
     _ferplus_csv(tmp_path, rows)
-    res = READERS["ferplus"](tmp_path)
+    res = READERS["ferplus"](tmp_path, mode="plurality", eval_mode="plurality")
     recs = _check(res)
     assert {k: (r.split, r.native_label) for k, r in recs.items()} == {
         "fer0000000": ("train", "happiness"), "fer0000003": ("val", "contempt"),
@@ -240,7 +245,7 @@ def test_ferplus_csv_materialises_pngs(tmp_path):
     png.unlink()
     READERS["ferplus"](tmp_path)
     assert png.read_bytes() == first  # deterministic
-    strict = READERS["ferplus"](tmp_path, vote="majority")
+    strict = READERS["ferplus"](tmp_path)  # majority, FERPlus's default
     assert "fer0000004" not in {r.key for r in strict.records}
 
 
@@ -367,7 +372,7 @@ def test_key_collisions_get_path_hash(tmp_path):
 
 
 def test_get_reader_lists_choices():
-    with pytest.raises(DataError, match="affectnet, ferplus, imagefolder, occlufer, rafdb, sfew"):
+    with pytest.raises(DataError, match="affectnet, ckplus, expw, ferplus, imagefolder, occlufer, rafdb, sfew"):
         get_reader("raf")
 
 

@@ -36,6 +36,8 @@ class Decoded:
     rgb: np.ndarray | None = None
     det: np.ndarray | None = None
     scale: tuple[float, float] = (1.0, 1.0)
+    # Source position of the detector copy's (0, 0): non-zero when it is a box's region.
+    offset: tuple[float, float] = (0.0, 0.0)
     sha256: str = ""
     source_mode: str = ""
     exif_transposed: bool = False
@@ -132,16 +134,50 @@ def detection_image(rgb: np.ndarray, max_side: int, min_side: int,
     return cv2.resize(rgb, (nw, nh), interpolation=interp), (nw / w, nh / h)
 
 
+def box_region(box, context: float) -> tuple[float, float, float]:
+    """(x0, y0, side): the square around an annotated face box, grown by ``context`` times its
+    longer side on each side; the detector looks there for the labelled face."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    side = max(x1 - x0, y1 - y0) * (1.0 + 2.0 * context)
+    return (x0 + x1 - side) / 2.0, (y0 + y1 - side) / 2.0, side
+
+
+def region_image(rgb: np.ndarray, region: tuple[float, float, float], size: int,
+                 ) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
+    """The square ``region`` (black outside the image) resized to ``size`` x ``size``, its
+    scale and its source offset. One fixed size, so every box region batches together."""
+    x0, y0, side = region
+    s = size / side
+    m = np.array([[s, 0.0, -x0 * s], [0.0, s, -y0 * s]], np.float64)
+    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+    if s < 0.5:  # area-average first: warpAffine's bilinear sampling would alias
+        h, w = rgb.shape[:2]
+        k = min(1.0, 2.0 * s)
+        small = cv2.resize(rgb, (max(1, round(w * k)), max(1, round(h * k))), interpolation=interp)
+        kx, ky = small.shape[1] / w, small.shape[0] / h
+        # source pixel centres of `small` (cv2.resize's convention): x = (x' + .5) / k - .5
+        m = np.array([[s / kx, 0.0, s * (0.5 / kx - 0.5 - x0)],
+                      [0.0, s / ky, s * (0.5 / ky - 0.5 - y0)]], np.float64)
+        rgb = small
+    out = cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    return out, (s, s), (x0, y0)
+
+
 def decode_job(job: tuple) -> Decoded:
-    """Worker entry: ``(index, path, sha256 | None, max_pixels, max_side, min_side, want_det)``."""
-    index, path, sha, max_pixels, max_side, min_side, want_det = job
+    """Worker entry: ``(index, path, sha256 | None, max_pixels, max_side, min_side, want_det)``
+    and optionally ``region`` (x0, y0, side) and ``region_size``: detect there only."""
+    index, path, sha, max_pixels, max_side, min_side, want_det = job[:7]
+    region, region_size = job[7:9] if len(job) >= 9 else (None, 0)
     try:
         rgb, info = load_rgb(path, max_pixels, sha)
     except DecodeSkip as e:
         return Decoded(index=index, reason=e.reason, detail=e.detail)
     out = Decoded(index=index, rgb=rgb, sha256=info["sha256"], source_mode=info["mode"],
                   exif_transposed=info["exif_transposed"])
-    if want_det:
+    if want_det and region is not None:
+        out.det, out.scale, out.offset = region_image(rgb, region, region_size)
+    elif want_det:
         out.det, out.scale = detection_image(rgb, max_side, min_side)
     return out
 

@@ -32,6 +32,14 @@ class Detections:
         return Detections(self.boxes / k, self.scores.copy(),
                           self.points / np.array([sx, sy], dtype=np.float32))
 
+    def shifted(self, dx: float, dy: float) -> Detections:
+        """Move by (dx, dy): from a region's coordinates to the source image's."""
+        if dx == 0 and dy == 0:
+            return self
+        k = np.array([dx, dy, dx, dy], dtype=np.float32)
+        return Detections(self.boxes + k, self.scores.copy(),
+                          self.points + np.array([dx, dy], dtype=np.float32))
+
     def filtered(self, min_score: float) -> Detections:
         keep = self.scores >= min_score
         return Detections(self.boxes[keep], self.scores[keep], self.points[keep])
@@ -179,3 +187,28 @@ def choose_face(det: Detections, width: int, height: int, params: AlignParams,
     order = sorted(range(n), key=lambda i: (-round(float(crit[i]) / 1e-6),
                                             -float(det.scores[i]), i))
     return order[0]
+
+
+def box_iou(boxes: np.ndarray, box) -> np.ndarray:
+    """IoU of each (x1, y1, x2, y2) row of ``boxes`` with ``box``."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    iw = np.clip(np.minimum(b[:, 2], x1) - np.maximum(b[:, 0], x0), 0, None)
+    ih = np.clip(np.minimum(b[:, 3], y1) - np.maximum(b[:, 1], y0), 0, None)
+    inter = iw * ih
+    area = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    union = area + (x1 - x0) * (y1 - y0) - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def choose_by_box(det: Detections, box, min_iou: float) -> tuple[int | None, float]:
+    """The detection overlapping the annotated ``box`` most, and its IoU; (None, best IoU)
+    when none reaches ``min_iou``. Ties go to the higher detector probability, then the lower
+    index."""
+    if len(det) == 0:
+        return None, 0.0
+    iou = box_iou(det.boxes, box)
+    k = sorted(range(len(det)), key=lambda i: (-round(float(iou[i]) / 1e-6),
+                                               -float(det.scores[i]), i))[0]
+    best = float(iou[k])
+    return (k if best >= min_iou else None), best

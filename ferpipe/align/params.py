@@ -38,6 +38,15 @@ class AlignParams(StrictModel):
     choose: Literal["largest_central", "largest", "score"] = "largest_central"
     center_weight: float = Field(1.0, ge=0.0)
     choose_by_dataset_points: bool = True
+    # A row with the dataset's face box (AffectNet, RAF-DB v1.1, ExpW): the detector looks in
+    # the square around the box (grown by box_context x its longer side on each side, resized
+    # to box_detect_size) and the detection overlapping the box most (IoU) is the face. When
+    # none reaches box_min_iou, the crop is the box itself (method box_crop, listed as noted).
+    # The sample json records which rule chose the face (chosen_by).
+    use_dataset_box: bool = True
+    box_context: float = Field(0.5, ge=0.0, le=4.0)
+    box_detect_size: int = Field(256, ge=48, le=1024)
+    box_min_iou: float = Field(0.3, ge=0.0, le=1.0)
 
     # Detection. The detector sees a resized copy: longest side at most detect_max_side,
     # shortest side at least detect_min_side (tiny images are upscaled); crops are taken from

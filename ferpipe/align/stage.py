@@ -26,7 +26,13 @@ import numpy as np
 from ferpipe import __version__, shards
 from ferpipe.align import decode as _decode
 from ferpipe.align import warp as _warp
-from ferpipe.align.detect import Detections, FaceDetector, choose_face, empty_detections
+from ferpipe.align.detect import (
+    Detections,
+    FaceDetector,
+    choose_by_box,
+    choose_face,
+    empty_detections,
+)
 from ferpipe.align.params import AlignParams
 from ferpipe.layout import Layout
 
@@ -93,6 +99,16 @@ def _dataset_points(item: Mapping[str, Any]) -> np.ndarray | None:
     if a.size != 10 or not np.isfinite(a).all():
         return None
     return a.reshape(5, 2)
+
+
+def _dataset_box(item: Mapping[str, Any]) -> np.ndarray | None:
+    v = item.get("bbox")
+    if v is None:
+        return None
+    a = np.asarray(v, dtype=np.float64).reshape(-1)
+    if a.size != 4 or not np.isfinite(a).all() or a[2] <= a[0] or a[3] <= a[1]:
+        return None
+    return a
 
 
 def _fingerprint(spec: shards.ShardSpec, params: AlignParams, label_space_name: str) -> str:
@@ -164,8 +180,11 @@ class _Aligner:
                               f"native label {it.get('native_label')!r}")
             else:
                 path = self.raw_root / str(it["path"])
+                box = _dataset_box(it) if p.use_dataset_box else None
+                region = None if box is None else _decode.box_region(box, p.box_context)
                 jobs.append((i, str(path), it.get("sha256") or None, p.max_image_pixels,
-                             p.detect_max_side, p.detect_min_side, self._needs_detection(it)))
+                             p.detect_max_side, p.detect_min_side, self._needs_detection(it),
+                             region, p.box_detect_size))
 
         next_out = 0
         t_det = 0.0
@@ -231,7 +250,13 @@ class _Aligner:
             "output_size": p.output_size, "margin": p.margin, "estimator": p.estimator,
             "boxes": [], "scores": [], "points_all": [], "chosen": None, "box": None,
             "score": None, "points_src": None, "points_aligned": None, "template": None,
+            "chosen_by": None,
         }
+        box = _dataset_box(item)
+        if box is not None:
+            meta["dataset_box"] = _r(box)
+        if item.get("soft_label") is not None:
+            meta["soft_label"] = _r(item["soft_label"], 6)
         hint = _dataset_points(item)
         note = None
         pts = None
@@ -251,22 +276,43 @@ class _Aligner:
             else:
                 pts = hint
                 meta["method"] = "dataset"
+                meta["chosen_by"] = "dataset_points"
         else:
-            det = det.scaled(*d.scale).filtered(p.min_score)
+            det = det.scaled(*d.scale).shifted(*d.offset).filtered(p.min_score)
             meta["detect"] = {"scale": _r(d.scale, 6), "size": [int(d.det.shape[1]),
                                                                  int(d.det.shape[0])],
                               "min_face_size": _r(self.detector.min_face_size(
                                   d.det.shape[1], d.det.shape[0]), 3)}
+            if d.offset != (0.0, 0.0):
+                meta["detect"]["region_offset"] = _r(d.offset)
             meta["boxes"] = _r(det.boxes)
             meta["scores"] = _r(det.scores, 5)
             meta["points_all"] = _r(det.points)
-            k = choose_face(det, w, h, p, hint)
+            by_box = box is not None and p.use_dataset_box
+            if by_box:
+                k, iou = choose_by_box(det, box, p.box_min_iou)
+                meta["box_iou"] = _r(iou, 4)
+                rule = "box_iou"
+            else:
+                k = choose_face(det, w, h, p, hint)
+                rule = ("dataset_points" if hint is not None and p.choose_by_dataset_points
+                        else p.choose)
+            if k is None and by_box:
+                # The documented fallback: no detection overlaps the labelled face enough,
+                # so crop by the dataset's own box rather than guess another face.
+                m = _warp.box_crop_matrix(box, p.output_size, p.margin)
+                meta.update(method="box_crop", chosen_by="box_crop", matrix=_r(m, 6),
+                            fallback_reason="no_detection_on_box")
+                crop = _warp.warp(d.rgb, m, p.output_size)
+                return ("sample", crop, meta,
+                        ("box_crop", f"best IoU with the dataset box {iou:.2f} < "
+                                     f"box_min_iou {p.box_min_iou}"))
             if k is None:
                 note = ("no_face", f"no face with score >= {p.min_score}")
             else:
                 pts = det.points[k].astype(np.float64)
                 meta.update(method="mtcnn", chosen=int(k), box=_r(det.boxes[k]),
-                            score=_r(det.scores[k], 5))
+                            score=_r(det.scores[k], 5), chosen_by=rule)
         tpl = _warp.template(p.output_size, p.margin)
         if pts is not None:
             try:
@@ -278,7 +324,7 @@ class _Aligner:
             if p.no_face == "skip":
                 return ("skip", reason, detail)
             m = _warp.center_crop_matrix(w, h, p.output_size)
-            meta["method"] = "center_crop"
+            meta["method"] = meta["chosen_by"] = "center_crop"
             meta["fallback_reason"] = reason
         else:
             meta["points_src"] = _r(pts)
@@ -312,8 +358,9 @@ def _read_manifest(manifest_path: str | Path) -> tuple[list[dict[str, Any]], dic
     man = read_manifest(manifest_path)
     rows = man.frame.to_dict(orient="records")
     for r in rows:
-        lm = r.get("landmarks5")
-        r["landmarks5"] = None if lm is None else [float(v) for v in np.asarray(lm).ravel()]
+        for col in ("landmarks5", "bbox", "soft_label"):
+            v = r.get(col)
+            r[col] = None if v is None else [float(x) for x in np.asarray(v).ravel()]
     return rows, dict(man.label_space)
 
 
@@ -323,7 +370,7 @@ def plan_align(manifest_path: str | Path, params: AlignParams,
     listed as skipped in their shard's stats) and the manifest's label space."""
     rows, label_space = _read_manifest(manifest_path)
     keep = ("key", "dataset", "split", "path", "sha256", "native_label", "label", "status",
-            "landmarks5")
+            "landmarks5", "bbox", "soft_label")
     rows = [{k: r.get(k) for k in keep} for r in rows]
     present = {r["split"] for r in rows}
     order = [s for s in ("train", "val", "test") if s in present] + sorted(

@@ -101,3 +101,14 @@ def resize(rgb: np.ndarray, size: int) -> np.ndarray:
     h, w = rgb.shape[:2]
     interp = cv2.INTER_AREA if size < min(w, h) else cv2.INTER_LINEAR
     return cv2.resize(rgb, (size, size), interpolation=interp)
+
+
+def box_crop_matrix(box, size: int, margin: float = 0.0) -> np.ndarray:
+    """2x3 matrix mapping the square around an annotated face box (side: the box's longer side
+    times ``1 + margin``, same centre) onto ``size`` x ``size``: the fallback when no detected
+    face overlaps the box."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    side = max(x1 - x0, y1 - y0) * (1.0 + margin)
+    s = size / side
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    return np.array([[s, 0, size / 2.0 - cx * s], [0, s, size / 2.0 - cy * s]], np.float64)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ferpipe.errors import ChecksumError, DataError
-from ferpipe.labels import get_label_space, get_native_map, to_canonical
+from ferpipe.labels import get_label_space, get_native_map, space_kind, to_canonical
 from ferpipe.layout import Layout
 from ferpipe.manifest import (
     STATUS_OK,
@@ -130,13 +130,66 @@ def _link_or_copy(src: str, dst: str) -> str:
     return dst
 
 
+def reader_options(params: DownloadParams) -> dict[str, Any]:
+    """The params each reader takes (see docs/datasets.md)."""
+    fmt = params.format
+    if fmt == "rafdb":
+        return {"images": params.rafdb_images, "variant": params.rafdb_variant}
+    if fmt == "ferplus":
+        return {"mode": params.ferplus_mode, "eval_mode": params.ferplus_eval_mode}
+    if fmt == "imagefolder":
+        return {"class_order": params.class_order}
+    folds = {"folds": params.folds, "fold": params.fold, "seed": params.seed}
+    if fmt == "expw":
+        return folds
+    if fmt == "ckplus":
+        return {**folds, "last_frames": params.ckplus_last_frames,
+                "neutral_first": params.ckplus_neutral_first}
+    return {}
+
+
+def _check_space_fits(params: DownloadParams, native_map, result) -> None:
+    """Compound labels never go into a basic space, nor basic ones into compound11: every row
+    would be 'outside the label space', so this is refused up front, saying what to set."""
+    space = get_label_space(params.label_space)
+    data_kind, space_kind_ = native_map.kind, space_kind(space)
+    if data_kind == space_kind_:
+        return
+    if data_kind == "compound":
+        raise DataError(
+            f"{params.format}: the labels are RAF-DB compound (1 Happily Surprised .. 11 "
+            f"Disgustedly Surprised), not basic: download.label_space {space.name} cannot hold "
+            f"them; set download.label_space: compound11 (or download.rafdb_variant: basic if "
+            f"this is the basic release)")
+    raise DataError(
+        f"{params.format}: the labels are basic expressions ({native_map.description}), not "
+        f"compound: download.label_space compound11 is for RAF-DB compound; set "
+        f"download.label_space: {result.default_space if result.default_space != 'compound11' else 'basic7'}"
+        + (" (or download.rafdb_variant: compound if this is the compound release)"
+           if params.format == "rafdb" else ""))
+
+
+def _soft_in_space(soft, soft_classes, native_map, space) -> list[float] | None:
+    """A native-order distribution in the space's order; classes outside the space lose their
+    share and the rest is renormalised (None when nothing is left)."""
+    if soft is None:
+        return None
+    out = [0.0] * len(space.classes)
+    for p, native in zip(soft, soft_classes):
+        idx = to_canonical(native, native_map, space)
+        if idx >= 0:
+            out[idx] += float(p)
+    total = sum(out)
+    return [round(v / total, 6) for v in out] if total > 0 else None
+
+
 def build_manifest_rows(params: DownloadParams, raw: Path):
     """Read the layout, decode every image once; returns (rows, rejected, warnings, native map)."""
     reader = get_reader(params.format)
-    options = {"images": params.rafdb_images} if params.format == "rafdb" else {}
-    result = reader(raw, **options)
+    result = reader(raw, **reader_options(params))
     space = get_label_space(params.label_space)
     native_map = get_native_map(result.native_map)
+    _check_space_fits(params, native_map, result)
     rejected = [{"path": p.path, "reason": p.reason} for p in result.problems]
     warnings = [{"path": p.path, "reason": p.reason} for p in result.warnings]
     checks = inspect_images([raw / r.path for r in result.records], params.max_image_pixels, params.workers)
@@ -154,6 +207,9 @@ def build_manifest_rows(params: DownloadParams, raw: Path):
             "native_label": str(rec.native_label), "label": label, "status": status,
             "landmarks5": None if rec.landmarks5 is None else [float(v) for v in
                                                                  _flatten(rec.landmarks5)],
+            "bbox": None if rec.bbox is None else [float(v) for v in rec.bbox],
+            "landmarks": None if rec.landmarks is None else [float(v) for v in rec.landmarks],
+            "soft_label": _soft_in_space(rec.soft_label, result.soft_classes, native_map, space),
         })
     return rows, rejected, warnings, native_map.name
 

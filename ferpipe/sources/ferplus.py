@@ -11,11 +11,28 @@ Two layouts are accepted:
   ``FER2013Test/``, each with images and a header-less ``label.csv``:
   ``fer0000000.png,(x, y, w, h),<10 votes>``.
 
-Label: ``vote="argmax"`` takes the class with the most votes; a tie for the most votes is
-dropped (no principled winner), as is a row whose winner is unknown or NF (not a face).
-``vote="majority"`` additionally requires the winner to hold more than half the votes (FERPlus's
-own "majority" mode). Dropped rows are problems with the reason. Usage Training → train,
-PublicTest → val, PrivateTest → test. The native label is the winning column name.
+A clone of microsoft/FERPlus (``fer2013new.csv`` at the top, ``data/FER2013Train|Valid|Test/
+label.csv``) is read through its folders when no ``fer2013.csv`` lies beside ``fer2013new.csv``;
+the repository ships labels only, so its folders must hold the PNGs its
+``generate_training_data.py`` writes (an error says so when they do not).
+
+Label modes, after microsoft/FERPlus ``src/ferplus.py`` (``_process_data``, read 2026-12):
+
+* ``majority`` (FERPlus's default): votes of 1 are dropped as outliers; the winner needs more
+  than half of the remaining votes.
+* ``probability`` / ``crossentropy``: after the same outlier removal, the top classes are taken
+  greedily (all classes tied at the current maximum at once) until they cover 75% of the votes
+  or 3 classes are taken, stopping at unknown/NF; the row is dropped when the taken classes
+  hold no more than half the votes or more than 3 were needed. The normalised votes of the taken
+  classes are the target (``soft_label``, FERPlus column order); the hard label is its first
+  maximum. FERPlus samples one label per epoch from it (probability) or trains on it as a soft
+  target (crossentropy): the manifest carries the distribution for both.
+* ``plurality``: the class with the most raw votes; ties are dropped.
+
+In every mode a row whose winner is unknown or NF (not a face) is dropped. As in FERPlus's
+``train.py``, ``mode`` labels the train split and val/test always use ``majority`` (set
+``eval_mode`` to change that). Dropped rows are problems with the reason. Usage Training →
+train, PublicTest → val, PrivateTest → test. The native label is the winning column name.
 """
 
 from __future__ import annotations
@@ -44,38 +61,115 @@ VOTE_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust
                 "contempt", "unknown", "NF")
 _USAGE = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
 _FOLDERS = {"FER2013Train": "train", "FER2013Valid": "val", "FER2013Test": "test"}
+MODES = ("majority", "plurality", "probability", "crossentropy")
+_N_EMOTIONS = 8  # the columns before unknown and NF
 
 
-def vote_label(votes: list[int], vote: str = "argmax") -> tuple[str | None, str]:
-    """(winning column, "") or (None, reason to drop)."""
+def _plurality(votes: list[int]) -> tuple[str | None, str]:
     top = max(votes)
-    if top <= 0:
-        return None, "no votes"
     winners = [VOTE_COLUMNS[i] for i, v in enumerate(votes) if v == top]
     if len(winners) > 1:
         return None, f"tied vote between {', '.join(winners)}"
-    win = winners[0]
-    if win in ("unknown", "NF"):
-        return None, f"most votes for {win}"
-    if vote == "majority" and top * 2 <= sum(votes):
-        return None, f"{win} has {top} of {sum(votes)} votes, not a majority"
+    return winners[0], ""
+
+
+def _majority(votes: list[int]) -> tuple[str | None, str]:
+    kept = [v if v > 1 else 0 for v in votes]  # single votes are outliers
+    total, top = sum(kept), max(kept)
+    win = VOTE_COLUMNS[kept.index(top)]
+    if top * 2 <= total:
+        return None, (f"no majority after dropping single votes: {win} has {top} of {total}"
+                      if total else "no class has more than one vote")
     return win, ""
 
 
-def read_ferplus(root: str | os.PathLike, *, vote: str = "argmax") -> ReaderResult:
+def _distribution(votes: list[int]) -> tuple[list[float] | None, str]:
+    """FERPlus's probability/crossentropy target over all 10 columns, or None and why."""
+    raw = [float(v) if v > 1 else 0.0 for v in votes]
+    total = sum(raw)
+    taken = [0.0] * len(raw)
+    count = 0
+    covered = 0.0
+    valid = True
+    while covered < 0.75 * total and count < 3 and valid:
+        top = max(raw)
+        for i, v in enumerate(raw):
+            if v != top:
+                continue
+            taken[i], raw[i] = v, 0.0
+            covered += v
+            count += 1
+            if i >= _N_EMOTIONS:  # unknown or NF reached: stop here
+                valid = False
+                if sum(taken) > v:  # other classes came first: leave unknown/NF out
+                    taken[i] = 0.0
+                    count -= 1
+                break
+    if total <= 0 or sum(taken) <= 0.5 * total or count > 3:
+        return None, (f"votes too spread for a target (the top classes hold {sum(taken):g} of "
+                      f"{total:g} votes after dropping single votes, in {count} classes)")
+    s = sum(taken)
+    return [v / s for v in taken], ""
+
+
+def vote_label(votes: list[int], mode: str = "majority",
+               ) -> tuple[str | None, str, tuple[float, ...] | None]:
+    """(winning column, "", soft target or None) or (None, reason to drop, None).
+
+    The soft target (probability/crossentropy) covers the 8 expression columns in FERPlus's
+    order (neutral .. contempt)."""
+    if max(votes) <= 0:
+        return None, "no votes", None
+    dist = None
+    if mode == "plurality":
+        win, reason = _plurality(votes)
+    elif mode == "majority":
+        win, reason = _majority(votes)
+    elif mode in ("probability", "crossentropy"):
+        full, reason = _distribution(votes)
+        win = None if full is None else VOTE_COLUMNS[full.index(max(full))]
+        if full is not None and win not in ("unknown", "NF"):
+            s = sum(full[:_N_EMOTIONS])
+            dist = tuple(round(v / s, 6) for v in full[:_N_EMOTIONS])
+    else:
+        raise DataError(f"ferplus: download.ferplus_mode must be one of {', '.join(MODES)}, "
+                        f"got {mode!r}")
+    if win is None:
+        return None, reason, None
+    if win in ("unknown", "NF"):
+        return None, f"most votes for {win}", None
+    return win, "", dist
+
+
+def read_ferplus(root: str | os.PathLike, *, mode: str = "majority",
+                 eval_mode: str = "majority") -> ReaderResult:
     root = Path(root)
-    if vote not in ("argmax", "majority"):
-        raise DataError(f"ferplus: vote must be 'argmax' or 'majority', got {vote!r}")
+    for name, value in (("ferplus_mode", mode), ("ferplus_eval_mode", eval_mode)):
+        if value not in MODES:
+            raise DataError(f"ferplus: download.{name} must be one of {', '.join(MODES)}, "
+                            f"got {value!r}")
+    modes = {"train": mode, "val": eval_mode, "test": eval_mode}
     base = find_layout_root(
         root, ("fer2013new.csv", "FER2013Train/label.csv", "FER2013Valid/label.csv"), "ferplus"
     )
-    if (base / "fer2013new.csv").is_file():
-        records, problems = _read_csv(root, base, vote)
+    folders = _folder_base(base)
+    if (base / "fer2013new.csv").is_file() and (
+            (base / "fer2013.csv").is_file() or folders is None):
+        records, problems = _read_csv(root, base, modes)
     else:
-        records, problems = _read_folders(root, base, vote)
+        records, problems = _read_folders(root, folders or base, modes)
     if not records:
         raise DataError(f"ferplus: no usable image under {base}")
-    return ReaderResult("ferplus", "ferplus", finalize("ferplus", records), problems, "basic8")
+    return ReaderResult("ferplus", "ferplus", finalize("ferplus", records), problems, "basic8",
+                        soft_classes=VOTE_COLUMNS[:_N_EMOTIONS])
+
+
+def _folder_base(base: Path) -> Path | None:
+    """Where FER2013Train|Valid|Test/label.csv live: ``base`` or a clone's ``data/``."""
+    for b in (base, base / "data"):
+        if any((b / f / "label.csv").is_file() for f in _FOLDERS):
+            return b
+    return None
 
 
 def _votes(fields: list[str], where: str) -> list[int]:
@@ -91,10 +185,14 @@ def _votes(fields: list[str], where: str) -> list[int]:
     return votes
 
 
-def _read_csv(root: Path, base: Path, vote: str) -> tuple[list[RawRecord], list[Problem]]:
+def _read_csv(root: Path, base: Path, modes: dict[str, str]) -> tuple[list[RawRecord], list[Problem]]:
     old_path, new_path = base / "fer2013.csv", base / "fer2013new.csv"
     if not old_path.is_file():
-        raise DataError(f"ferplus: {rel(root, new_path)} needs fer2013.csv (the pixels) beside it")
+        raise DataError(
+            f"ferplus: {rel(root, new_path)} holds the votes only: put FER2013's fer2013.csv (the "
+            f"pixels, from the FER2013 release) beside it, or point download.source at a folder "
+            f"with FER2013Train/ FER2013Valid/ FER2013Test/ (or a microsoft/FERPlus clone whose "
+            f"data/ folders hold the PNGs its generate_training_data.py writes)")
     of, nf = rel(root, old_path), rel(root, new_path)
     with open(old_path, newline="", encoding="utf-8-sig") as fh:
         old = list(csv.reader(fh))
@@ -132,7 +230,7 @@ def _read_csv(root: Path, base: Path, vote: str) -> tuple[list[RawRecord], list[
         if not name:
             problems.append(Problem(f"{of}:{line}", "FERPlus gives no image name (excluded row)"))
             continue
-        label, reason = vote_label(_votes(n[2:], where), vote)
+        label, reason, dist = vote_label(_votes(n[2:], where), modes[_USAGE[usage]])
         if label is None:
             problems.append(Problem(f"{of}:{line}", f"{name}: {reason}"))
             continue
@@ -150,7 +248,7 @@ def _read_csv(root: Path, base: Path, vote: str) -> tuple[list[RawRecord], list[
             out.parent.mkdir(parents=True, exist_ok=True)
             made_dirs.add(out.parent)
         _write_png(out, pixels.astype(np.uint8).reshape(48, 48))
-        records.append(RawRecord(make_key(stem), split, rel(root, out), label))
+        records.append(RawRecord(make_key(stem), split, rel(root, out), label, soft_label=dist))
     return records, problems
 
 
@@ -168,7 +266,8 @@ def _write_png(path: Path, arr: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _read_folders(root: Path, base: Path, vote: str) -> tuple[list[RawRecord], list[Problem]]:
+def _read_folders(root: Path, base: Path, modes: dict[str, str],
+                  ) -> tuple[list[RawRecord], list[Problem]]:
     records: list[RawRecord] = []
     problems: list[Problem] = []
     found = False
@@ -179,6 +278,12 @@ def _read_folders(root: Path, base: Path, vote: str) -> tuple[list[RawRecord], l
         found = True
         present = listdir_set(base / folder)
         lf = rel(root, label_csv)
+        if not any(n.lower().endswith(".png") for n in present):
+            raise DataError(
+                f"ferplus: {lf} lists images but {rel(root, base / folder)}/ holds no PNG. "
+                f"microsoft/FERPlus ships labels only: run its src/generate_training_data.py "
+                f"(-d {rel(root, base) if base != root else '.'} -fer fer2013.csv -ferplus "
+                f"fer2013new.csv), or put FER2013's fer2013.csv beside fer2013new.csv")
         with open(label_csv, newline="", encoding="utf-8-sig") as fh:
             for lineno, row in enumerate(csv.reader(fh), 1):
                 if not row:
@@ -195,7 +300,7 @@ def _read_folders(root: Path, base: Path, vote: str) -> tuple[list[RawRecord], l
                         f"{len(row)} fields"
                     )
                 name = name.strip()
-                label, reason = vote_label(_votes(votes, where), vote)
+                label, reason, dist = vote_label(_votes(votes, where), modes[split])
                 path = rel(root, base / folder / name)
                 if name not in present:
                     problems.append(Problem(path, f"image listed in {where} is missing"))
@@ -203,7 +308,8 @@ def _read_folders(root: Path, base: Path, vote: str) -> tuple[list[RawRecord], l
                 if label is None:
                     problems.append(Problem(path, reason))
                     continue
-                records.append(RawRecord(make_key(name.rsplit(".", 1)[0]), split, path, label))
+                records.append(RawRecord(make_key(name.rsplit(".", 1)[0]), split, path, label,
+                                         soft_label=dist))
     if not found:
         raise DataError(f"ferplus: no FER2013Train/label.csv etc. under {base}")
     return records, problems

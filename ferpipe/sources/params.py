@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import Field, field_validator
 
 from ferpipe._schema import StrictModel
 
-DATASET_FORMATS = ("rafdb", "affectnet", "ferplus", "sfew", "occlufer", "imagefolder")
+DATASET_FORMATS = ("rafdb", "affectnet", "ferplus", "sfew", "occlufer", "imagefolder", "expw",
+                   "ckplus")
 
 
 class SyntheticParams(StrictModel):
@@ -29,7 +30,8 @@ class DownloadParams(StrictModel):
         pattern=r"^[a-z0-9][a-z0-9_-]*$",
         description="name used for data/raw/<dataset>, the manifest and every later shard directory",
     )
-    format: Literal["rafdb", "affectnet", "ferplus", "sfew", "occlufer", "imagefolder"] = Field(
+    format: Literal["rafdb", "affectnet", "ferplus", "sfew", "occlufer", "imagefolder", "expw",
+                    "ckplus"] = Field(
         "rafdb", description="which dataset reader parses the raw copy"
     )
     source: str = Field(
@@ -41,7 +43,8 @@ class DownloadParams(StrictModel):
     password_env: Optional[str] = Field(
         None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="environment variable holding a zip password"
     )
-    label_space: Literal["basic7", "basic8"] = "basic7"
+    label_space: Literal["basic7", "basic8", "compound11"] = Field(
+        "basic7", description="basic7 (RAF-DB order), basic8 (+ contempt) or compound11 (RAF-DB compound)")
     rafdb_images: Literal["original", "aligned"] = "original"
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="val carved from train when a set has none")
     seed: int = Field(0, ge=0)
@@ -52,6 +55,21 @@ class DownloadParams(StrictModel):
     retries: int = Field(5, ge=0, le=50, description="http download attempts after the first")
     workers: int = Field(2, ge=1, le=64, description="processes decoding images for the manifest")
     synthetic: SyntheticParams = SyntheticParams()
+
+    # --- dataset variants (issue 14) ---------------------------------------------------------
+    rafdb_variant: Literal["auto", "basic", "compound"] = Field(
+        "auto", description="RAF-DB basic (labels 1-7) or compound (1-11); auto: by train-name digits")
+    class_order: Optional[Union[str, list[str], dict[int, str]]] = Field(
+        None, description="numbered ImageFolder class folders: a numbered dataset (rafdb, fer2013, "
+                          "affectnet, expw, ckplus), class names for folders 0, 1, ..., or {number: class}")
+    ferplus_mode: Literal["majority", "plurality", "probability", "crossentropy"] = Field(
+        "majority", description="FERPlus label for the train split (microsoft/FERPlus's modes)")
+    ferplus_eval_mode: Literal["majority", "plurality", "probability", "crossentropy"] = Field(
+        "majority", description="FERPlus label for val/test (FERPlus's train.py uses majority)")
+    folds: int = Field(10, ge=2, le=100, description="ExpW/CK+: seeded folds by photo/subject")
+    fold: int = Field(0, ge=0, description="ExpW/CK+: the fold that is the test split")
+    ckplus_last_frames: int = Field(3, ge=1, le=20, description="CK+: last frames = the expression")
+    ckplus_neutral_first: bool = Field(True, description="CK+: a sequence's first frame as neutral")
 
     @field_validator("source")
     @classmethod

@@ -9,6 +9,8 @@ from typing import Callable
 
 from ferpipe.errors import DataError
 from ferpipe.sources.affectnet import read_affectnet
+from ferpipe.sources.ckplus import read_ckplus
+from ferpipe.sources.expw import read_expw
 from ferpipe.sources.ferplus import read_ferplus
 from ferpipe.sources.imagefolder import read_imagefolder
 from ferpipe.sources.occlufer import read_occlufer
@@ -27,6 +29,8 @@ READERS: dict[str, Reader] = {
     "sfew": read_sfew,
     "occlufer": read_occlufer,
     "imagefolder": read_imagefolder,
+    "expw": read_expw,
+    "ckplus": read_ckplus,
 }
 
 

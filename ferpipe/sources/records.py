@@ -8,7 +8,9 @@ the wrong format, an unknown class) raise :class:`ferpipe.errors.DataError`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -42,6 +44,13 @@ class RawRecord:
     path: str
     native_label: str
     landmarks5: tuple[float, ...] | None = None  # x0,y0..x4,y4 in source pixels
+    # The annotated face: x0, y0, x1, y1 in source pixels (AffectNet, RAF-DB v1.1, ExpW). With
+    # several people in a photo it says which face the label belongs to.
+    bbox: tuple[float, float, float, float] | None = None
+    # All the dataset's own points for this face (x0,y0,x1,y1,...), e.g. AffectNet's 68.
+    landmarks: tuple[float, ...] | None = None
+    # A label distribution over the native classes (FERPlus probability/crossentropy targets).
+    soft_label: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -53,11 +62,12 @@ class Problem:
 @dataclass
 class ReaderResult:
     dataset: str
-    native_map: str  # a name in ferpipe.labels.NATIVE_MAPS
+    native_map: str | NativeMap  # a name in ferpipe.labels.NATIVE_MAPS (or a built map)
     records: list[RawRecord]
     problems: list[Problem] = field(default_factory=list)  # entries skipped, with the reason
     default_space: str = "basic7"  # basic8 when the data has contempt
     warnings: list[Problem] = field(default_factory=list)  # kept entries with a caveat
+    soft_classes: tuple[str, ...] = ()  # native labels of RawRecord.soft_label's entries
 
     @property
     def label_map(self) -> NativeMap:
@@ -90,13 +100,21 @@ def finalize(dataset: str, records: list[RawRecord]) -> list[RawRecord]:
             continue
         for r in group:
             h = hashlib.sha1(r.path.encode()).hexdigest()[:8]
-            out.append(RawRecord(f"{key}-{h}", r.split, r.path, r.native_label, r.landmarks5))
+            out.append(dataclasses.replace(r, key=f"{key}-{h}"))
     out.sort(key=lambda r: r.key)
     for r in out:
         assert _KEY_OK.match(r.key), r.key
     if len({r.key for r in out}) != len(out):
         raise DataError(f"{dataset}: two entries share one path; the listing has duplicates")
     return out
+
+
+def xyxy(x0: float, y0: float, x1: float, y1: float) -> tuple[float, float, float, float] | None:
+    """A face box rounded for the manifest, or None when it is empty or not finite."""
+    box = tuple(float(round(v, 3)) for v in (x0, y0, x1, y1))
+    if not all(math.isfinite(v) for v in box) or box[2] <= box[0] or box[3] <= box[1]:
+        return None
+    return box  # type: ignore[return-value]
 
 
 def find_layout_root(root: Path, markers: tuple[str, ...], what: str) -> Path:
@@ -113,7 +131,8 @@ def find_layout_root(root: Path, markers: tuple[str, ...], what: str) -> Path:
         frontier = [c for d in frontier for c in _sorted_dirs(d)]
     raise DataError(
         f"{what}: none of {list(markers)} found under {root} (looked up to two folders deep); "
-        f"is this the extracted dataset?"
+        f"is this the extracted dataset? Check download.source (the folder or archive you "
+        f"unpacked) and download.format (docs/datasets.md lists each release's layout)"
     )
 
 
@@ -157,7 +176,7 @@ def read_class_tree(
     root: Path,
     layout_root: Path,
     split_dirs: dict[str, str],
-    native_map: str,
+    native_map: str | NativeMap,
 ) -> tuple[list[RawRecord], list[Problem], list[Problem], set[str]]:
     """Read ``<split>/<class>/**/<image>`` folders (the ImageFolder layout).
 
@@ -195,10 +214,19 @@ def read_class_tree(
                     Problem(rel(root, Path(entry.path)), "file is not in a class folder"))
                 continue
             if not nmap.knows(entry.name):
+                if entry.name.isdigit() and not nmap.numeric:
+                    raise DataError(
+                        f"{dataset}: class folder {rel(root, Path(entry.path))!r} is a number, "
+                        f"which names no class: set download.class_order to say which number is "
+                        f"which class, e.g. rafdb (1 surprise .. 7 neutral), fer2013 (0 anger .. "
+                        f"6 neutral), affectnet (0 neutral .. 7 contempt), a list of class names "
+                        f"for folders 0, 1, ..., or {{number: class}}")
                 raise DataError(
                     f"{dataset}: unknown class folder {rel(root, Path(entry.path))!r}; allowed "
                     f"names: {', '.join(nmap.allowed)}"
                     + (" (case-insensitive)" if nmap.case_insensitive else "")
+                    + (" (numbers compare by value: 06 is 6)" if nmap.numeric else "")
+                    + (" as set by download.class_order" if nmap.numeric else "")
                 )
             if nmap.is_dropped(entry.name):
                 problems.append(Problem(rel(root, Path(entry.path)), "class is not an expression"))
@@ -226,3 +254,19 @@ def read_class_tree(
             f"{sorted(split_dirs)} (case-insensitive)"
         )
     return records, problems, warnings, classes
+
+
+def subject_folds(groups: set[str] | list[str], folds: int, seed: int, what: str,
+                  ) -> dict[str, int]:
+    """``{group: fold}``: groups (subjects, source images) sorted, permuted by a generator seeded
+    with ``seed``, dealt round-robin into ``folds`` folds. Everything of one group lands in one
+    fold, so a test fold never shares a subject (or a photo) with training."""
+    import numpy as np
+
+    order = sorted(set(groups))
+    if folds < 2 or len(order) < folds:
+        raise DataError(
+            f"{what}: {len(order)} groups cannot make download.folds={folds} folds "
+            f"(need 2 <= folds <= {len(order)})")
+    perm = np.random.default_rng(seed).permutation(len(order))
+    return {order[int(j)]: i % folds for i, j in enumerate(perm)}
