@@ -38,6 +38,9 @@ class PriorsParams(StrictModel):
     threads: int = Field(0, ge=0)
     png_compression: int = Field(6, ge=0, le=9)
     gallery_size: int = Field(12, ge=0, le=200)
+    # A real dataset (download.source not 'synthetic') with prior nets trained only on rendered
+    # faces is refused unless this is true; the mismatch is then recorded in the shards.
+    allow_domain_mismatch: bool = False
 
 
 class PriorNetsParams(StrictModel):
