@@ -31,6 +31,7 @@ LEGACY_DOMAIN = SYNTHETIC
 _REAL_BACKENDS = {
     "official": "real faces (MobileFaceNet: 300W-style 68-point photos; SegFace: LaPa)",
     "insightface": "real faces (insightface 2d106det)",
+    "mtcnn5": "real faces (facenet-pytorch MTCNN O-Net 5 points; the 68 are a mean face bent onto them)",
 }
 
 

@@ -20,8 +20,9 @@ class PriorsParams(StrictModel):
     kind: Literal["features", "maps"] = "maps"
     # `ferpipe`: ferpipe's own small prior nets (trained by the prior-nets stage);
     # `official`: MobileFaceNet (mobilefacenet_model_best.pth.tar) + SegFace (model_299.pt);
-    # `insightface`: an insightface 106-point landmark ONNX model (maps only).
-    backend: Literal["ferpipe", "official", "insightface"] = "ferpipe"
+    # `insightface`: an insightface 106-point landmark ONNX model (maps only);
+    # `mtcnn5`: facenet-pytorch's MTCNN 5 points (in its wheel) + a mean face (maps only).
+    backend: Literal["ferpipe", "official", "insightface", "mtcnn5"] = "ferpipe"
     # Side of the tensor the priors are computed from: the aligned image, PIL-bilinear
     # resized to it, ImageNet-normalised (ORSANet feeds 224; MobileFaceNet sees its
     # nearest-neighbour 112 subsample, ferpipe's nets a PIL-bilinear 112).
