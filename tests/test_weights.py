@@ -107,6 +107,7 @@ def test_cli_json_and_exit_code(tmp_path, mfn_file, capsys):
     assert "[truncated] segface" in text and "[ok] mobilefacenet" in text and "1 truncated" in text
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_insightface_onnx_ok_and_wrong(tmp_path):
     root = tmp_path / "proj"
     pack = root / "models/insightface/buffalo_l"
