@@ -108,3 +108,17 @@ def test_opt_in_runs_and_is_recorded_in_shards_report_and_model_card(tmp_path, s
                       counts=shards.counts, metrics={}, prior=shards.prior_meta)
     assert "## Priors" in card and "allow_domain_mismatch: true" in card
     assert "nets trained only on synthetic (rendered) faces" in card
+
+
+def test_priors_flow_refuses_before_any_shard(prefect_api, tmp_path, aligned_dir, random_prior_nets,  # noqa: F811
+                                              monkeypatch):
+    """`ferpipe priors` (the Prefect flow) stops with the same error, and writes nothing."""
+    import flows.priors as fp
+
+    root = _project(tmp_path, aligned_dir, random_prior_nets)
+    monkeypatch.setattr(fp, "params_for", lambda path, ov: _real_params(tmp_path))
+    state = fp.priors_flow(params_path="unused", root=str(root), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(DomainMismatchError, match="allow_domain_mismatch"):
+        state.result()
+    assert not (root / "data" / "priors" / "rafdb").exists()
