@@ -76,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve the train/train-orsanet and pipeline/repro deployments "
                                          "(needs PREFECT_API_URL; runs are serialised, one at a time)")
     serve.add_argument("--root", default=".", help="project root holding dvc.yaml (default: .)")
+
+    weights = sub.add_parser("weights", help="list every weight file ferpipe can use, where it goes, who "
+                                             "publishes it, and whether the file present is the right one")
+    weights.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    weights.add_argument("--params", default="params.yaml")
+    weights.add_argument("--root", default=".", help="project root holding models/ (default: .)")
+    weights.add_argument("--json", action="store_true", help="print JSON instead of text")
+    weights.add_argument("--no-sha256", action="store_true", help="skip hashing present files (faster)")
     return parser
 
 
@@ -104,6 +112,17 @@ def _run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_weights(args: argparse.Namespace) -> int:
+    """Exit 1 when a present file is wrong or truncated (missing files are reported, not errors)."""
+    from ferpipe.config import load_params
+    from ferpipe.models.weights import check_weights, format_report
+
+    params = load_params(args.params, args.overrides)
+    rows = check_weights(params, Path(args.root), sha=not args.no_sha256)
+    print(json.dumps([r.to_dict() for r in rows], indent=1) if args.json else format_report(rows))
+    return int(any(r.status in ("wrong", "truncated") for r in rows))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _offline_defaults()
     args = build_parser().parse_args(argv)
@@ -112,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_synth(args)
         if args.command == "serve":
             return importlib.import_module("flows.deployments").serve_command(args.root)
+        if args.command == "weights":
+            return _run_weights(args)
         if args.command == "params":
             from ferpipe.config import load_params, to_dict
 

@@ -4,6 +4,7 @@ a per-shard stats table and a gallery (image | parsing | landmarks, both views).
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task, unmapped
@@ -12,6 +13,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from ferpipe import shards
 from ferpipe.layout import Layout
+from ferpipe.priors.domain import check_domain, dataset_domain
 from ferpipe.priors.params import PriorsParams
 from ferpipe.priors.stage import (
     PriorsReport,
@@ -28,8 +30,8 @@ STATS_COLUMNS = ["shard", "split", "items", "written", "skipped", "seconds", "it
 
 @task(retries=2, retry_delay_seconds=5, task_run_name="priors-{spec.split}-{spec.index}")
 def priors_shard_task(spec: shards.ShardSpec, aligned_dir: str, out_dir: str, params: PriorsParams,
-                      models_dir: str) -> dict:
-    return run_shard(priors_shard, spec, aligned_dir, out_dir, params, models_dir)
+                      models_dir: str, domain: dict | None = None) -> dict:
+    return run_shard(partial(priors_shard, domain=domain), spec, aligned_dir, out_dir, params, models_dir)
 
 
 def _prior_description(out_dir: Path, plans) -> dict:
@@ -57,10 +59,12 @@ def priors_flow(params_path: str = "params.yaml", overrides: list[str] | None = 
     dataset = params.download.dataset
     p: PriorsParams = params.priors
     aligned_dir, out_dir = layout.shards("aligned", dataset), layout.shards("priors", dataset)
+    # Refuse before any shard starts (a DomainMismatchError names the ways out).
+    domain = check_domain(p, layout.models, dataset_domain(params.download), dataset)
     plans = plan_priors(aligned_dir)
     specs = [s for plan in plans.values() for s in plan]
     futures = priors_shard_task.map(specs, unmapped(str(aligned_dir)), unmapped(str(out_dir)),
-                                    unmapped(p), unmapped(str(layout.models)))
+                                    unmapped(p), unmapped(str(layout.models)), unmapped(domain))
     results = futures.result()
     stats: dict[str, list[dict]] = {split: [] for split in plans}
     for spec, st in zip(specs, results):
@@ -68,7 +72,7 @@ def priors_flow(params_path: str = "params.yaml", overrides: list[str] | None = 
     indexes = {split: shards.finalize_split(out_dir, split, plan) for split, plan in plans.items()}
     shards.write_dataset_index(out_dir, indexes)
     desc = _prior_description(out_dir, plans)
-    report = build_report(stats, out_dir, p, desc, dataset, time.perf_counter() - t0)
+    report = build_report(stats, out_dir, p, desc, dataset, time.perf_counter() - t0, domain)
     shards.write_json_atomic(layout.stage_report("priors", dataset), report.to_dict())
     create_table_artifact(key=artifact_key("priors", dataset, "shards"), table=report.shard_stats,
                           description=f"{dataset}: priors ({p.kind}, {p.backend}) per shard")

@@ -411,7 +411,7 @@ def test_insightface_backend_tiny_onnx(one_aligned, tmp_path):
 def _fake_params(**sections):
     from types import SimpleNamespace
 
-    return SimpleNamespace(download=SimpleNamespace(dataset="synthetic"), **sections)
+    return SimpleNamespace(download=SimpleNamespace(dataset="synthetic", source="synthetic"), **sections)
 
 
 def test_priors_flow_publishes_stats_and_gallery(prefect_api, aligned_dir, random_prior_nets,

@@ -23,6 +23,9 @@ tensors were used, for the sample json.
   run with onnxruntime through insightface's own ``Landmark`` wrapper on the whole crop as the
   face box; 106 -> 68 by :mod:`.insightface106`, parsing rasterised from the 68 points
   (:func:`ferpipe.priors.conventions.parsing_from_68`; no hair class). ``maps`` only.
+- :class:`Mtcnn5Backend`: facenet-pytorch's MTCNN O-Net (shipped in its wheel) gives 5 points
+  on the crop; a mean face is bent onto them (:mod:`.five_point`). ``maps`` only; follows pose,
+  eye and mouth-corner positions, not brows or an open mouth.
 """
 
 from __future__ import annotations
@@ -258,9 +261,59 @@ class InsightfaceBackend(PriorBackend):
         return np.stack(pts), np.stack(maps)
 
 
+class Mtcnn5Backend(PriorBackend):
+    """facenet-pytorch's MTCNN O-Net (weights inside its wheel: works offline on real faces)
+    on the whole aligned crop as the face box -> 5 points -> a mean face bent onto them
+    (:func:`ferpipe.priors.five_point.face_from_5`) -> parsing from those 68 points. ``maps`` only;
+    see :mod:`ferpipe.priors.five_point` for what 5 points can and cannot show."""
+
+    name = "mtcnn5"
+    kinds = ("maps",)
+    ONET_SIDE = 48
+
+    def __init__(self, params: PriorsParams, models_dir: str | os.PathLike):
+        super().__init__(params)
+        import facenet_pytorch  # noqa: PLC0415
+        from facenet_pytorch.models.mtcnn import ONet  # noqa: PLC0415
+
+        self.path = Path(facenet_pytorch.__file__).parent / "data" / "onet.pt"
+        if not self.path.is_file():
+            raise MissingCheckpointError(self.path, what="MTCNN O-Net weights shipped inside the "
+                                         "facenet-pytorch wheel (reinstall facenet-pytorch)",
+                                         where="site-packages/facenet_pytorch/data/")
+        self.onet = ONet(pretrained=True).eval().to(self.device)
+        self.sha = _sha256(self.path)
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name,
+                "checkpoints": {"mtcnn_onet": {"file": "facenet_pytorch/data/onet.pt", "sha256": self.sha}},
+                "input_size": self.ONET_SIDE, "resize": "torch area interpolation (as facenet-pytorch)",
+                "normalisation": {"mean": [127.5] * 3, "std": [128.0] * 3, "scale": "0-255 RGB"},
+                "models": {"lmk": {"net": "MTCNN O-Net 5 points -> mean face bent onto them (68)"},
+                           "seg": {"net": "polygons from the 68 points (no hair)"}}}
+
+    @torch.inference_mode()
+    def five_points(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """[B,5,2] pixel points of the crops (the crop is the face box: x = u * W)."""
+        x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().to(self.device)
+        x = F.interpolate(x, size=(self.ONET_SIDE, self.ONET_SIDE), mode="area")
+        _, lm, _ = self.onet((x - 127.5) * 0.0078125)
+        u = lm.float().cpu().numpy()
+        h, w = crops[0].shape[:2]
+        return np.stack([u[:, :5] * w, u[:, 5:] * h], axis=-1)
+
+    def maps(self, crops):
+        from ferpipe.priors.five_point import face_from_5  # noqa: PLC0415
+
+        h, w = crops[0].shape[:2]
+        pts = [face_from_5(p5) for p5 in self.five_points(crops)]
+        return (np.stack(pts).astype(np.float32),
+                np.stack([parsing_from_68(p, (h, w)) for p in pts]))
+
+
 def build_backend(params: PriorsParams, models_dir: str | os.PathLike) -> PriorBackend:
     cls = {"official": OfficialBackend, "ferpipe": FerpipeBackend,
-           "insightface": InsightfaceBackend}[params.backend]
+           "insightface": InsightfaceBackend, "mtcnn5": Mtcnn5Backend}[params.backend]
     if params.threads > 0:
         torch.set_num_threads(params.threads)
     return cls(params, models_dir)

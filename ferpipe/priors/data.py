@@ -29,8 +29,11 @@ from ferpipe.priors.conventions import NUM_CLASSES
 
 # JD-106 (the LaPa / 106-point challenge markup) -> iBUG 68: every other contour point, the
 # upper brow arcs, bridge, nose base, six eye-contour points per eye, all 20 mouth points.
-# This is the correspondence commonly used between the two markups; LaPa's own paper shows
-# the 106 layout. [Not checked against a real LaPa file here: none is available.]
+# The group ranges agree with how public LaPa readers draw the markup (microsoft/FaRL's LaPa
+# dataset: contour 0-32, brows 33-41 / 42-50 as closed rings, bridge 51-54, lower nose 55-65,
+# eyes 66-73 / 75-82 with pupils 74 / 83, outer lips 84-95, inner lips 96-103); the order
+# inside a group is the usual one for this markup. [No real LaPa file was available to check
+# the order within groups; which side is "left" is normalised per face by :func:`image_side`.]
 JD106_TO_68 = np.array(
     list(range(0, 33, 2)) + [33, 34, 35, 36, 37, 42, 43, 44, 45, 46] + [51, 52, 53, 54]
     + [58, 59, 60, 61, 62] + [66, 67, 69, 70, 71, 73] + [75, 76, 78, 79, 80, 82]
@@ -146,6 +149,36 @@ def read_lapa_landmarks(path: str | Path) -> np.ndarray:
     return pts
 
 
+def image_side(p68: np.ndarray, parsing: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Put 68 points and a LaPa map into ferpipe's image-side semantics (:mod:`.conventions`).
+
+    Each mirrored group (jaw, brows, eyes, nose base, mouth) whose "left" member lies on the
+    image's right is re-labelled with its mirror partners; likewise classes 2/3 and 4/5 when
+    their centroids are the wrong way round. A dataset already in image-side semantics passes
+    through unchanged, so ferpipe does not depend on which convention a LaPa copy uses.
+    """
+    from ferpipe.priors.conventions import IBUG68_FLIP  # noqa: PLC0415
+
+    p = np.asarray(p68, np.float64).copy()
+    x = p[:, 0]
+    for group, left, right in ((range(0, 17), [0], [16]), (range(17, 27), range(17, 22), range(22, 27)),
+                               (range(36, 48), range(36, 42), range(42, 48)), (range(31, 36), [31], [35]),
+                               (range(48, 68), [48], [54])):
+        if x[list(left)].mean() > x[list(right)].mean():
+            g = np.array(group)
+            p[g] = np.asarray(p68, np.float64)[IBUG68_FLIP[g]]
+    if parsing is not None:
+        lab = np.asarray(parsing).copy()
+        for a, b in ((2, 3), (4, 5)):
+            ya, xa = np.nonzero(lab == a)
+            yb, xb = np.nonzero(lab == b)
+            if len(xa) and len(xb) and xa.mean() > xb.mean():
+                ma, mb = lab == a, lab == b
+                lab[ma], lab[mb] = b, a
+        parsing = lab
+    return p, parsing
+
+
 def lapa_items(root: str | Path, split: str) -> list[tuple[str, Path, Path, Path]]:
     """(stem, image, label png, landmark txt) of a LaPa split; a stem missing a file is an
     error naming it (a LaPa copy is expected to be complete)."""
@@ -175,7 +208,7 @@ def lapa_faces(root: str | Path, split: str, aligned_size: int, margin: float, i
         parsing = np.asarray(Image.open(lab))
         if parsing.ndim != 2 or parsing.max(initial=0) >= NUM_CLASSES:
             raise DataError(f"{lab}: expected a single-channel map with classes 0..10")
-        p68 = read_lapa_landmarks(lmk)[JD106_TO_68]
+        p68, parsing = image_side(read_lapa_landmarks(lmk)[JD106_TO_68], parsing)
         jit = None
         if any(jitter):
             rng = np.random.default_rng(np.random.SeedSequence([seed, 0x1A9, i]))

@@ -14,7 +14,9 @@ input (stride 16), adaptive-average-pooled to 7x7 for other sizes. With the defa
 
 Checkpoints (``parser.pt`` / ``landmarks.pt``) are plain dicts loadable with
 ``torch.load(weights_only=True)``: ``{"format", "arch", "config", "state_dict", "metrics",
-"train"}``; :func:`load_prior_net` reads them (MissingCheckpointError when absent).
+"train", "domain"}``; :func:`load_prior_net` reads them (MissingCheckpointError when absent).
+``domain`` is what the nets were trained on (``synthetic``, ``lapa``); a checkpoint without
+it predates the field and is read as ``synthetic`` (:mod:`ferpipe.priors.domain`).
 """
 
 from __future__ import annotations
@@ -157,7 +159,7 @@ _TIMING_KEYS = ("seconds", "images_per_second")
 
 
 def save_prior_net(model: PriorNet, path: str | os.PathLike, metrics: Mapping[str, Any],
-                   train: Mapping[str, Any]) -> None:
+                   train: Mapping[str, Any], domain: str | None = None) -> None:
     from ferpipe.shards import _jsonable, atomic_file  # noqa: PLC0415
 
     arch = PARSER_ARCH if model.task == "parser" else LANDMARK_ARCH
@@ -167,6 +169,8 @@ def save_prior_net(model: PriorNet, path: str | os.PathLike, metrics: Mapping[st
            # Timings stay in metrics.json: the checkpoint's bytes must depend on the training
            # only, so an identical rerun leaves the priors stage (its dependant) untouched.
            "train": _jsonable({k: v for k, v in train.items() if k not in _TIMING_KEYS})}
+    if domain is not None:
+        obj["domain"] = str(domain)
     with atomic_file(path) as f:
         torch.save(obj, f)
 
@@ -190,6 +194,10 @@ def load_prior_net(path: str | os.PathLike, arch: str) -> PriorNet:
     model = PriorNet(cfg["task"], cfg["widths"], cfg["input_size"], cfg.get("dim", 64))
     model.load_state_dict(obj["state_dict"], strict=True)
     model.metrics = dict(obj.get("metrics", {}))
+    from ferpipe.priors.domain import LEGACY_DOMAIN  # noqa: PLC0415
+
+    model.domain_recorded = isinstance(obj.get("domain"), str)
+    model.domain = obj["domain"] if model.domain_recorded else LEGACY_DOMAIN
     return model.eval()
 
 

@@ -20,8 +20,9 @@ class PriorsParams(StrictModel):
     kind: Literal["features", "maps"] = "maps"
     # `ferpipe`: ferpipe's own small prior nets (trained by the prior-nets stage);
     # `official`: MobileFaceNet (mobilefacenet_model_best.pth.tar) + SegFace (model_299.pt);
-    # `insightface`: an insightface 106-point landmark ONNX model (maps only).
-    backend: Literal["ferpipe", "official", "insightface"] = "ferpipe"
+    # `insightface`: an insightface 106-point landmark ONNX model (maps only);
+    # `mtcnn5`: facenet-pytorch's MTCNN 5 points (in its wheel) + a mean face (maps only).
+    backend: Literal["ferpipe", "official", "insightface", "mtcnn5"] = "ferpipe"
     # Side of the tensor the priors are computed from: the aligned image, PIL-bilinear
     # resized to it, ImageNet-normalised (ORSANet feeds 224; MobileFaceNet sees its
     # nearest-neighbour 112 subsample, ferpipe's nets a PIL-bilinear 112).
@@ -38,6 +39,9 @@ class PriorsParams(StrictModel):
     threads: int = Field(0, ge=0)
     png_compression: int = Field(6, ge=0, le=9)
     gallery_size: int = Field(12, ge=0, le=200)
+    # A real dataset (download.source not 'synthetic') with prior nets trained only on rendered
+    # faces is refused unless this is true; the mismatch is then recorded in the shards.
+    allow_domain_mismatch: bool = False
 
 
 class PriorNetsParams(StrictModel):

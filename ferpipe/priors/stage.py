@@ -13,6 +13,10 @@ shapes, the flip convention). Then, per kind:
 
 Shards, done markers, resume and indexes are :mod:`ferpipe.shards`; a sample whose image
 cannot be decoded is skipped and listed with its reason, never a crash.
+
+Before anything runs, :func:`ferpipe.priors.domain.check_domain` compares the dataset's domain
+(real photos or the embedded rendered faces) with what the backend's nets were trained on; the
+result is the ``priors.domain`` object of every sample's json and the report's ``domain``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from PIL import Image
 
 from ferpipe import __version__, shards
 from ferpipe.priors.backends import PriorBackend, build_backend
+from ferpipe.priors.domain import check_domain, dataset_domain, mismatch_note
 from ferpipe.priors.params import PriorsParams
 
 STAGE = "priors"
@@ -70,6 +75,7 @@ class PriorsReport:
     index_sha256: str
     prior: dict[str, Any] = field(default_factory=dict)
     shard_stats: list[dict[str, Any]] = field(default_factory=list)
+    domain: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,6 +90,9 @@ class PriorsReport:
                          f"{c['shards']} shards ({c['shards_resumed']} resumed)")
         if self.skipped_by_reason:
             lines.append(f"  skipped: {self.skipped_by_reason}")
+        note = mismatch_note({"domain": self.domain})
+        if note:
+            lines.append("  WARNING: " + note.replace("**", ""))
         return "\n".join(lines)
 
 
@@ -142,11 +151,12 @@ def _read_aligned(path: Path, keys: set[str]) -> Iterator[tuple[str, dict[str, b
 class _PriorsWorker:
     """ShardFn: holds the backend across shards."""
 
-    def __init__(self, aligned_dir: Path, params: PriorsParams, backend: PriorBackend):
+    def __init__(self, aligned_dir: Path, params: PriorsParams, backend: PriorBackend,
+                 domain: Mapping[str, Any]):
         self.aligned_dir = aligned_dir
         self.params = params
         self.backend = backend
-        self.desc = backend.describe()
+        self.desc = {**backend.describe(), "domain": dict(domain)}
 
     def _prior_meta(self, shapes: dict[str, list[int]]) -> dict[str, Any]:
         return {"kind": self.params.kind, **self.desc, "shapes": shapes, "views": ["original", "hflip"],
@@ -230,37 +240,48 @@ class _PriorsWorker:
 
 def priors_shard(spec: shards.ShardSpec, aligned_dir: str | os.PathLike, out_dir: str | os.PathLike,
                  params: PriorsParams, models_dir: str | os.PathLike,
-                 backend: PriorBackend | None = None, verify: bool = True) -> dict[str, Any]:
+                 backend: PriorBackend | None = None, verify: bool = True,
+                 domain: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Compute one priors shard (idempotent: a done shard is kept) and return its stats.
 
-    A flow maps this over :func:`plan_priors`'s specs, then calls
+    A flow calls :func:`ferpipe.priors.domain.check_domain` once, maps this over
+    :func:`plan_priors`'s specs with its record as ``domain``, then calls
     :func:`ferpipe.shards.finalize_split` per split and :func:`ferpipe.shards.write_dataset_index`.
     """
+    if domain is None:
+        domain = check_domain(params, models_dir, None)
     backend = backend or build_backend(params, models_dir)
-    worker = _PriorsWorker(Path(aligned_dir), params, backend)
+    worker = _PriorsWorker(Path(aligned_dir), params, backend, domain)
     return shards.process_shard(spec, worker, out_dir,
                                 fingerprint=_fingerprint(spec, params, worker.desc), verify=verify)
 
 
 def priors_stage(aligned_dir: str | os.PathLike, out_dir: str | os.PathLike, params: PriorsParams,
-                 models_dir: str | os.PathLike, progress: bool = True) -> PriorsReport:
-    """Every aligned shard of ``aligned_dir`` (``data/aligned/<dataset>``) -> ``out_dir``."""
+                 models_dir: str | os.PathLike, progress: bool = True,
+                 data_domain: str | None = None) -> PriorsReport:
+    """Every aligned shard of ``aligned_dir`` (``data/aligned/<dataset>``) -> ``out_dir``.
+
+    ``data_domain``: ``real`` or ``synthetic`` (:func:`ferpipe.priors.domain.dataset_domain`);
+    a real dataset with synthetic-only prior nets raises DomainMismatchError unless
+    ``params.allow_domain_mismatch``. None (unknown) is recorded as such and not checked.
+    """
     t0 = time.perf_counter()
     aligned_dir, out_dir = Path(aligned_dir), Path(out_dir)
+    domain = check_domain(params, models_dir, data_domain, aligned_dir.name)
     plans = plan_priors(aligned_dir)
     backend = build_backend(params, models_dir)
-    worker = _PriorsWorker(aligned_dir, params, backend)
+    worker = _PriorsWorker(aligned_dir, params, backend, domain)
     run = shards.run_sharded_stage(plans, worker, out_dir,
                                    fingerprint_fn=partial(_fingerprint, params=params,
                                                           backend_desc=worker.desc),
                                    verify=True, progress=progress, desc="priors")
     return build_report(run.stats, out_dir, params, worker.desc, aligned_dir.name,
-                        time.perf_counter() - t0)
+                        time.perf_counter() - t0, domain)
 
 
 def build_report(stats: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: Path,
                  params: PriorsParams, desc: Mapping[str, Any], dataset: str,
-                 seconds: float) -> PriorsReport:
+                 seconds: float, domain: Mapping[str, Any] | None = None) -> PriorsReport:
     splits: dict[str, dict[str, int]] = {}
     skipped: dict[str, int] = {}
     failures: list[dict[str, Any]] = []
@@ -294,7 +315,8 @@ def build_report(stats: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: Path
         seconds=round(seconds, 3), samples_processed=processed,
         samples_per_second=round(processed / seconds, 3) if seconds > 0 else 0.0,
         shards_resumed=resumed, bytes_per_sample=round(total_bytes / max(written, 1), 1),
-        index_sha256=index["sha256"], prior=dict(desc), shard_stats=rows)
+        index_sha256=index["sha256"], prior=dict(desc), shard_stats=rows,
+        domain=dict(domain if domain is not None else desc.get("domain") or {}))
 
 
 def run_priors(params, root: Path = Path(".")) -> PriorsReport:
@@ -304,7 +326,7 @@ def run_priors(params, root: Path = Path(".")) -> PriorsReport:
     layout = Layout(Path(root))
     dataset = params.download.dataset
     report = priors_stage(layout.shards("aligned", dataset), layout.shards("priors", dataset),
-                          params.priors, layout.models)
+                          params.priors, layout.models, data_domain=dataset_domain(params.download))
     out = layout.stage_report("priors", dataset)
     shards.write_json_atomic(out, report.to_dict())
     return report

@@ -261,15 +261,18 @@ def prior_nets_stage(params: PriorNetsParams, out_dir: str | Path, root: str | P
     t1 = time.perf_counter()
     metrics = evaluate(parser, lmk, test, occlusion_seed=params.seed + 17)
     parts["evaluate"] = round(time.perf_counter() - t1, 2)
-    setup = {"source": params.source, **data_info, "n_train": len(train), "n_test": len(test),
+    setup = {"source": params.source, "domain": params.source, **data_info,
+             "n_train": len(train), "n_test": len(test),
              "input_size": params.input_size, "aligned_size": params.aligned_size,
              "margin": params.margin, "threads": torch.get_num_threads(),
              "params": params.model_dump(mode="json")}
     out_dir.mkdir(parents=True, exist_ok=True)
     save_prior_net(parser, out_dir / PARSER_FILE, {"parser": metrics["parser"],
-                   "parser_occluded": metrics["parser_occluded"]}, {**setup, **ptrain})
+                   "parser_occluded": metrics["parser_occluded"]}, {**setup, **ptrain},
+                   domain=params.source)
     save_prior_net(lmk, out_dir / LANDMARKS_FILE, {"landmarks": metrics["landmarks"],
-                   "landmarks_occluded": metrics["landmarks_occluded"]}, {**setup, **ltrain})
+                   "landmarks_occluded": metrics["landmarks_occluded"]}, {**setup, **ltrain},
+                   domain=params.source)
     doc = {**metrics, "setup": setup, "train": {"parser": ptrain, "landmarks": ltrain},
            "nme_normaliser": "outer eye corners (iBUG 36-45)",
            "miou_resolution": params.input_size}

@@ -58,9 +58,17 @@ def _fmt(v: Any) -> str:
 
 def model_card(*, model_name: str, preset: str, config: dict[str, Any], model_kwargs: dict[str, Any],
                num_params: int, dataset: str, label_space: dict[str, Any], index_sha256: dict[str, str],
-               counts: dict[str, int], metrics: dict[str, Any]) -> str:
-    """The card's markdown text."""
+               counts: dict[str, int], metrics: dict[str, Any], prior: dict[str, Any] | None = None) -> str:
+    """The card's markdown text; ``prior`` is the shards' ``priors`` json object (kind, backend, domain)."""
     lines = [f"# {model_name} trained on `{dataset}` (preset `{preset}`)", ""]
+    if prior:
+        from ferpipe.priors.domain import mismatch_note  # noqa: PLC0415
+
+        dom = prior.get("domain") or {}
+        note = mismatch_note(prior)
+        lines += ["## Priors", "", f"- kind `{prior.get('kind')}`, backend `{prior.get('backend')}`; "
+                  f"prior nets trained on: {dom.get('detail') or dom.get('nets') or 'not recorded'}",
+                  *([f"- {note}"] if note else []), ""]
     notes = METHOD_NOTES.get(model_name, [])
     if notes:
         lines += ["## Differences from the paper and the release", ""] + [f"- {n}" for n in notes] + [""]

@@ -176,7 +176,8 @@ def train_stage(params: TrainParams, layout: Layout, callbacks: Sequence[EpochCa
             write_model_card(model_dir / "MODEL_CARD.md", model_name=cfg.model, preset=cfg.preset,
                              config=cfg.to_dict(), model_kwargs=result.model_kwargs, num_params=result.num_params,
                              dataset=params.dataset, label_space=shards.label_space,
-                             index_sha256=shards.index_sha256, counts=shards.counts, metrics=report.metrics)
+                             index_sha256=shards.index_sha256, counts=shards.counts, metrics=report.metrics,
+                             prior=shards.prior_meta)
         return report
     finally:
         if started_dist:
