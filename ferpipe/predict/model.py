@@ -123,30 +123,33 @@ class FERModel:
         e = np.exp(logits - logits.max(1, keepdims=True))
         return (e / e.sum(1, keepdims=True)).astype(np.float32)
 
-    def _rows_for(self, items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        """items: {source, kind, frame, timestamp, rgb | None, error}; rows in item order."""
+    def _rows_for(self, items: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        """items: {source, kind, frame, timestamp, rgb | None, error}; each item's rows, in order."""
         ok = [it for it in items if it.get("rgb") is not None]
         found: list[FrameFaces] = self.pre.faces([it["rgb"] for it in ok]) if ok else []
         by_id = {id(it): ff for it, ff in zip(ok, found)}
         faces = [f for ff in found for f in ff.faces if f.crop is not None]
         probs = dict(zip(map(id, faces), self.probabilities(faces)))
-        rows = []
+        out = []
         for it in items:
             base = {"source": it["source"], "kind": it["kind"], "frame": it.get("frame"),
                     "timestamp": it.get("timestamp")}
             if it.get("rgb") is None:
-                rows.append(self._row(base, status="error", detail=it.get("error", "")))
+                out.append([self._row(base, status="error", detail=it.get("error", ""))])
                 continue
             ff = by_id[id(it)]
-            if not ff.faces or ff.status == "no_face" and not any(f.crop is not None for f in ff.faces):
-                rows.append(self._row(base, status="no_face", detail=ff.detail))
+            if not any(f.crop is not None for f in ff.faces):
+                out.append([self._row(base, status="no_face", detail=ff.detail)])
                 continue
+            rows = []
             for f in ff.faces:
                 p = probs.get(id(f))
-                status = "ok" if p is not None else "error"
-                detail = (ff.detail if f.method == "center_crop" else "") if p is not None else ff.detail
-                rows.append(self._row(base, face=f, prob=p, status=status, detail=detail))
-        return rows
+                # A centre-cropped image (no_face: center_crop) is predicted, and says why.
+                detail = ff.detail if (p is None or f.method == "center_crop") else ""
+                rows.append(self._row(base, face=f, prob=p, status="ok" if p is not None else "error",
+                                      detail=detail))
+            out.append(rows)
+        return out
 
     def _row(self, base: dict[str, Any], face: Face | None = None, prob: np.ndarray | None = None,
              status: str = "ok", detail: str = "") -> dict[str, Any]:
@@ -170,14 +173,17 @@ class FERModel:
 
     # -- public API ------------------------------------------------------------------------------
 
-    def iter_rows(self, inputs: Iterable[Any], every: int = 1, fps: float | None = None,
-                  on_frames: Callable[[int], None] | None = None) -> Iterator[dict[str, Any]]:
-        """Rows for paths (files, folders: recursive; images and videos), numpy RGB arrays or PIL
-        images, in order. Frames go through the model ``batch_size`` at a time."""
+    def iter_results(self, inputs: Iterable[Any], every: int = 1,
+                     fps: float | None = None) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        """(frame item with its ``rgb``, that frame's rows) for every image / sampled video frame,
+        in order; frames go through the model ``batch_size`` at a time."""
         for batch in V.batched(self._items(inputs, every, fps), self.batch_size):
-            rows = self._rows_for(batch)
-            if on_frames is not None:
-                on_frames(len(batch))
+            yield from zip(batch, self._rows_for(batch))
+
+    def iter_rows(self, inputs: Iterable[Any], every: int = 1, fps: float | None = None) -> Iterator[dict[str, Any]]:
+        """Rows for paths (files, folders: recursive; images and videos), numpy RGB arrays or PIL
+        images, in order."""
+        for _, rows in self.iter_results(inputs, every, fps):
             yield from rows
 
     def predict(self, inputs: Any, every: int = 1, fps: float | None = None):
@@ -231,9 +237,11 @@ class FERModel:
                     if kind == "other" and e.reason == "corrupt_image" and V.video_info(path)["ok"]:
                         yield from self._video_items(path, every, fps)
                         continue
-                    reason = "not_image_or_video" if kind == "other" and e.reason == "corrupt_image" else e.reason
-                    yield {"source": src, "kind": kind, "frame": None, "timestamp": None, "rgb": None,
-                           "error": f"{reason}: {e.detail}"[:300]}
+                    if kind == "other" and e.reason == "corrupt_image":
+                        why = "not_image_or_video: neither an image PIL decodes nor a video OpenCV opens"
+                    else:
+                        why = f"{e.reason}: {e.detail}"[:300]
+                    yield {"source": src, "kind": kind, "frame": None, "timestamp": None, "rgb": None, "error": why}
                     continue
                 yield {"source": src, "kind": "image", "frame": 0, "timestamp": None, "rgb": rgb}
 
