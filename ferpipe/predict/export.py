@@ -23,23 +23,21 @@ FORMATS = {"onnx": "model.onnx", "torchscript": "model.ts"}
 DEFAULT_OPSET = 17
 
 
-class _Logits:
-    """Wraps the network so every export returns plain logits (methods with dict / tuple outputs)."""
+def _logits_module(model):
+    """``model`` wrapped so every export returns plain logits (methods with dict / tuple outputs)."""
+    import torch  # noqa: PLC0415
 
-    def __new__(cls, model):
-        import torch  # noqa: PLC0415
+    from ferpipe.losses.criterion import logits_of  # noqa: PLC0415
 
-        from ferpipe.losses.criterion import logits_of  # noqa: PLC0415
+    class Logits(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
 
-        class Logits(torch.nn.Module):
-            def __init__(self, inner):
-                super().__init__()
-                self.inner = inner
+        def forward(self, image, *priors):
+            return logits_of(self.inner(image, *priors))
 
-            def forward(self, image, *priors):
-                return logits_of(self.inner(image, *priors))
-
-        return Logits(model).eval()
+    return Logits(model).eval()
 
 
 def example_inputs(recipe: Recipe, batch: int = 2, seed: int = 0):
@@ -151,7 +149,7 @@ def export_model(checkpoint: str | Path, fmt: str, out_dir: str | Path, *, opset
     ckpt = load(ckpt_path)
     recipe = recipe_from_checkpoint(ckpt, ckpt_path)
     net, _ = build_network(ckpt, "cpu")
-    model = _Logits(net)
+    model = _logits_module(net)
     spec = recipe.input_spec()
     names = list(spec)
     args = example_inputs(recipe, 2)

@@ -188,8 +188,6 @@ class FERModel:
 
     def predict(self, inputs: Any, every: int = 1, fps: float | None = None):
         """A DataFrame with one row per face (per image, or per sampled video frame)."""
-        import pandas as pd  # noqa: PLC0415
-
         if isinstance(inputs, (str, os.PathLike, np.ndarray)) or hasattr(inputs, "getexif"):
             inputs = [inputs]
         return self.frame(self.iter_rows(inputs, every, fps))

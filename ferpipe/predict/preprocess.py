@@ -20,6 +20,7 @@ recorded:
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -62,6 +63,11 @@ class Preprocessor:
     def __init__(self, recipe: Recipe, models_dir: str | Path, device: str = "cpu"):
         self.recipe = recipe
         self.align = recipe.align.model_copy(update={"device": device})
+        if self.align.method == "similarity" and self.align.points != "mtcnn":
+            # New photos carry no dataset landmarks: MTCNN finds the 5 points, as for the rows of
+            # the training set that had none (points=auto) or, with points=dataset, never.
+            warnings.warn(f"{recipe.source}: trained with align.points={self.align.points!r}; on new photos the "
+                          f"5 points come from MTCNN", stacklevel=2)
         self.aug = recipe.augment()
         self._detector = None
         self.backend = None
