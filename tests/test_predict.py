@@ -121,15 +121,18 @@ def test_api_multi_face_no_face_bad_files_and_video(ckpt, test_split, tmp_path):
     # fps sampling: 5 of 10 fps -> every other frame.
     assert [r["frame"] for r in model.predict_video(vid, fps=5)] == [0, 2, 4, 6, 8, 10]
 
-    # A video with damaged frames: MJPG frames overwritten in the middle -> rows, never a crash.
-    data = bytearray(vid.read_bytes())
+    # Damaged videos: bytes zeroed in the middle; the second half cut off (frames declared in the
+    # header are missing). Rows for the frames read, error rows for those that cannot be, no crash.
+    data = vid.read_bytes()
     mid = len(data) // 2
-    data[mid:mid + 4000] = b"\x00" * 4000
-    bad = tmp_path / "damaged.avi"
-    bad.write_bytes(bytes(data))
-    rows = list(model.iter_rows([str(bad)]))
-    assert rows and {r["status"] for r in rows} <= {"ok", "error", "no_face"}
-    assert any(r["status"] == "ok" for r in rows)
+    (tmp_path / "damaged.avi").write_bytes(data[:mid] + b"\x00" * 4000 + data[mid + 4000:])
+    (tmp_path / "cut.avi").write_bytes(data[:int(len(data) * 0.6)])
+    for name in ("damaged.avi", "cut.avi"):
+        rows = list(model.iter_rows([str(tmp_path / name)]))
+        assert {r["status"] for r in rows} == {"ok", "error"}, name
+        errors = [r for r in rows if r["status"] == "error"]
+        assert all(r["frame"] is not None and "frame" in r["detail"] for r in errors)
+        assert [r["frame"] for r in rows] == sorted(r["frame"] for r in rows)
 
 
 def test_cli_annotates_and_refuses_to_overwrite(ckpt, test_split, tmp_path, capsys):
