@@ -161,6 +161,11 @@ def test_refuses_checkpoints_without_label_map_or_preprocessing_and_other_prior_
     from ferpipe.train.checkpoint import load
 
     state = load(ckpt)
+    rec = state["preprocess"]       # what the trainer records for prediction
+    assert rec["align"]["output_size"] == rec["aligned"]["output_size"] == 224 and "threads" not in rec["align"]
+    assert rec["priors"]["backend"] == "ferpipe" and set(rec["prior_meta"]["checkpoints"]) == {"parser", "landmarks"}
+    torch.save(rec, tmp_path / "rec.pt")    # plain data: loads without unpickling any object
+    assert torch.load(tmp_path / "rec.pt", weights_only=True) == rec
     bad = dict(state, label_space=None)
     torch.save(bad, tmp_path / "nolabels.pt")
     with pytest.raises(FerpipeError, match="label map"):
