@@ -132,7 +132,8 @@ def recipe_from_checkpoint(ckpt: Mapping[str, Any], source: str | Path = "") -> 
     if not pre:
         raise RecipeError(
             f"{source} does not record its preprocessing (align and priors params; checkpoints written "
-            f"before ferpipe recorded them). Retrain it with this version (`ferpipe train`), so the "
+            f"before ferpipe recorded them). Retrain it with this version (`ferpipe train -S "
+            f"train.resume=false`: a finished run would otherwise be resumed, not rewritten), so the "
             f"prediction redoes exactly the alignment and priors the model was trained on.")
     data = ckpt.get("data") or {}
     r = Recipe(label_space={"name": space.get("name", ""), "classes": list(space["classes"])},
