@@ -84,7 +84,85 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--root", default=".", help="project root holding models/ (default: .)")
     weights.add_argument("--json", action="store_true", help="print JSON instead of text")
     weights.add_argument("--no-sha256", action="store_true", help="skip hashing present files (faster)")
+    _add_predict_export(sub)
     return parser
+
+
+# --- predict / export: using a trained model (ferpipe.predict) --------------------------------------
+
+
+def _add_predict_export(sub: argparse._SubParsersAction) -> None:
+    pr = sub.add_parser("predict", help="apply a trained model to photos, folders (recursive) and videos: "
+                                        "one row per face")
+    pr.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders, video files")
+    pr.add_argument("--checkpoint", help="training checkpoint (default: models/train/<download.dataset>/best.pt "
+                                         "from --params)")
+    pr.add_argument("--model", help="an exported model.onnx (onnxruntime) or model.ts (TorchScript) with its "
+                                    "model_card.json beside it, instead of a checkpoint")
+    pr.add_argument("--out", help="table to write: .csv, .json or .parquet (default: print a summary only)")
+    g = pr.add_mutually_exclusive_group()
+    g.add_argument("--every", type=int, default=1, metavar="N", help="videos: every N-th frame (default 1)")
+    g.add_argument("--fps", type=float, metavar="F", help="videos: F frames per second")
+    pr.add_argument("--annotate", metavar="DIR", help="write annotated JPEGs (images) and mp4s (videos) here")
+    pr.add_argument("--models-dir", help="where the prior nets are (default: the models/ dir of the checkpoint)")
+    pr.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    pr.add_argument("--batch-size", type=int, default=16, help="frames per detector / model batch")
+    pr.add_argument("--threads", type=int, default=0, help="torch / onnxruntime threads (0: default)")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing --out / --annotate output")
+    pr.add_argument("--no-progress", action="store_true")
+    pr.add_argument("--flow", action="store_true", help="run as the Prefect `predict` flow (table + gallery "
+                                                        "artifacts)")
+    pr.add_argument("--params", default="params.yaml", help="params file, for the default --checkpoint")
+
+    ex = sub.add_parser("export", help="export a trained model to ONNX or TorchScript, with a model card")
+    ex.add_argument("--checkpoint", help="training checkpoint (default: models/train/<download.dataset>/best.pt)")
+    ex.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    ex.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    ex.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    ex.add_argument("--models-dir", help="where the prior nets are (default: the models/ dir of the checkpoint)")
+    ex.add_argument("--overwrite", action="store_true")
+    ex.add_argument("--params", default="params.yaml", help="params file, for the default --checkpoint")
+
+
+def _default_checkpoint(args: argparse.Namespace) -> str:
+    if args.checkpoint:
+        return args.checkpoint
+    from ferpipe.config import load_params
+
+    if not Path(args.params).exists():
+        raise FerpipeError("no --checkpoint given and no params.yaml here to find models/train/<dataset>/best.pt")
+    return str(Path("models") / "train" / load_params(args.params).download.dataset / "best.pt")
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    kw = dict(paths=args.paths, checkpoint=None if args.model else _default_checkpoint(args), model=args.model,
+              out=args.out, every=args.every, fps=args.fps, annotate=args.annotate, device=args.device,
+              batch_size=args.batch_size, models_dir=args.models_dir, threads=args.threads,
+              overwrite=args.overwrite, progress=not args.no_progress)
+    if args.flow:
+        report = importlib.import_module("flows.predict").predict_flow(**kw)
+    else:
+        from ferpipe.predict.run import run_predict
+
+        report = run_predict(**kw)
+    print(report.summary())
+    if not args.out:
+        for r in report.preview[:50]:
+            where = "" if r["frame"] is None or r["kind"] == "image" else f" frame {r['frame']}"
+            what = f"{r['top_class']} {r['top_prob']:.3f}" if r["status"] == "ok" else r["status"]
+            print(f"{r['source']}{where} face {r['face'] if r['face'] is not None else '-'}: {what}")
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from ferpipe.predict.export import export_model
+
+    card = export_model(_default_checkpoint(args), args.format, args.out, opset=args.opset,
+                        models_dir=args.models_dir, overwrite=args.overwrite)
+    print(f"exported {card['model_name']} ({args.format}) -> {Path(args.out) / card['file']}; classes in order: "
+          f"{', '.join(card['label_map'])}; max |logit - PyTorch| "
+          f"{card['check']['max_abs_logit_diff_vs_pytorch']:.2e}")
+    return 0
 
 
 def _run_stage(args: argparse.Namespace) -> int:
@@ -129,6 +207,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "synth":
             return _run_synth(args)
+        if args.command == "predict":
+            return _run_predict(args)
+        if args.command == "export":
+            return _run_export(args)
         if args.command == "serve":
             return importlib.import_module("flows.deployments").serve_command(args.root)
         if args.command == "weights":

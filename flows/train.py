@@ -39,9 +39,10 @@ def progress_callback(dataset: str, log: Callable[[str], None]) -> Callable[[dic
     return on_epoch
 
 
-def run_train_params(train: TrainParams, root: str | Path = ".") -> TrainReport:
+def run_train_params(train: TrainParams, root: str | Path = ".", upstream: Any = None) -> TrainReport:
     logger = get_run_logger()
-    report = train_stage(train, Layout(Path(root)), callbacks=[progress_callback(train.dataset, logger.info)])
+    report = train_stage(train, Layout(Path(root)), callbacks=[progress_callback(train.dataset, logger.info)],
+                         upstream=upstream)
     rows = [{c: (round(h[c], 6) if isinstance(h[c], float) else h[c]) for c in _HISTORY_COLUMNS}
             for h in report.history]
     create_table_artifact(key=artifact_key("train", train.dataset, "history"), table=rows,
@@ -58,4 +59,4 @@ def run_train_params(train: TrainParams, root: str | Path = ".") -> TrainReport:
 def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = None,
                root: str = ".") -> TrainReport:
     params = params_for(params_path, overrides)
-    return run_train_params(train_params_for(params), root)
+    return run_train_params(train_params_for(params), root, upstream=params)

@@ -16,6 +16,10 @@ A checkpoint (``last.pt`` every epoch, ``best.pt`` when val improves) is a dict:
 ``config``           the resolved TrainConfig (dict); ``params`` the train.* section as given
 ``model_kwargs``     the create_model(name, **kwargs) call that rebuilds the network
 ``data``             {root, prior_kind, index_sha256: {split: sha256 of <split>_index.json}}
+``preprocess``       {format, align, priors, aligned, prior_meta}: how a raw photo becomes this
+                     model's input (the align and priors params of the run, what the shards
+                     record: crop size, margin, prior nets and their sha256); read by
+                     :mod:`ferpipe.predict`. Absent in checkpoints written before it existed.
 ``best``             {metric, value, epoch}
 ``history``          per-epoch metrics so far
 """
@@ -34,6 +38,10 @@ from ferpipe.errors import FerpipeError
 
 FORMAT = "ferpipe-train/1"
 LAST, BEST = "last.pt", "best.pt"
+PREPROCESS_FORMAT = "ferpipe-preprocess/1"
+# Params that change speed only (never a shard byte): left out of the preprocessing record.
+_SPEED_ONLY = {"align": ("threads", "decode_workers", "device", "batch_size", "samples_per_shard"),
+               "priors": ("device", "threads", "batch_size", "gallery_size", "png_compression")}
 
 
 def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
@@ -116,3 +124,27 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     model = getattr(model, "_orig_mod", model)      # torch.compile
     model = getattr(model, "module", model)         # DDP
     return getattr(model, "_orig_mod", model)
+
+
+def preprocess_record(align: Any, priors: Any, shards: Any) -> dict[str, Any]:
+    """The ``preprocess`` entry of a checkpoint: the run's ``align.*`` and ``priors.*`` params
+    (pydantic models or dicts), and what the training shards themselves record (the aligned
+    crop's size/margin/estimator from the first training sample, the priors' kind, backend and
+    prior-net sha256s), so a predictor can redo exactly this preprocessing on a new photo and
+    check that its params are the ones the shards were made with."""
+    import json  # noqa: PLC0415
+
+    from ferpipe import shards as _shards  # noqa: PLC0415
+
+    def dump(section: Any, name: str) -> dict[str, Any]:
+        d = section.model_dump(mode="json") if hasattr(section, "model_dump") else dict(section)
+        return {k: v for k, v in d.items() if k not in _SPEED_ONLY[name]}
+
+    aligned: dict[str, Any] = {}
+    for name, data in _shards.iter_tar_members(shards.urls("train")[0]):
+        if name.endswith(".json"):
+            meta = json.loads(data)
+            aligned = {k: meta.get(k) for k in ("output_size", "margin", "estimator")}
+            break
+    return {"format": PREPROCESS_FORMAT, "align": dump(align, "align"), "priors": dump(priors, "priors"),
+            "aligned": aligned, "prior_kind": shards.prior_kind, "prior_meta": dict(shards.prior_meta)}

@@ -188,8 +188,9 @@ def _autocast(device: torch.device, dtype):
 
 
 def fit(cfg: TrainConfig, shards: D.ShardSet, model_dir: str | Path, opts: RunOptions | None = None,
-        params: dict[str, Any] | None = None) -> TrainResult:
-    """Train ``cfg`` on ``shards``; checkpoints in ``model_dir``; returns the final metrics."""
+        params: dict[str, Any] | None = None, preprocess: dict[str, Any] | None = None) -> TrainResult:
+    """Train ``cfg`` on ``shards``; checkpoints in ``model_dir``; returns the final metrics.
+    ``preprocess`` (:func:`ferpipe.train.checkpoint.preprocess_record`) is stored as is."""
     opts = opts or RunOptions()
     t_start = time.perf_counter()
     model_dir = Path(model_dir)
@@ -344,6 +345,8 @@ def fit(cfg: TrainConfig, shards: D.ShardSet, model_dir: str | Path, opts: RunOp
                          "index_sha256": shards.index_sha256, "counts": shards.counts},
                 "best": best, "history": history, "val": val,
             }
+            if preprocess is not None:
+                state["preprocess"] = preprocess
             if improved:
                 ckpt_io.save_atomic(state, model_dir / ckpt_io.BEST)
             ckpt_io.save_atomic(state, last_path)  # last: a crash mid-write never loses best

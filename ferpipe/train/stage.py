@@ -30,6 +30,7 @@ from ferpipe.errors import ConfigError
 from ferpipe.layout import Layout
 from ferpipe.shards import write_json_atomic
 
+from . import checkpoint as ckpt_io
 from . import data as D
 from .loop import RunOptions, TrainResult, fit
 from .params import TrainParams
@@ -135,9 +136,12 @@ def _init_distributed() -> bool:
     return False
 
 
-def train_stage(params: TrainParams, layout: Layout, callbacks: Sequence[EpochCallback] = ()) -> TrainReport:
+def train_stage(params: TrainParams, layout: Layout, callbacks: Sequence[EpochCallback] = (),
+                upstream: Any = None) -> TrainReport:
     """Train per ``params``; ``callbacks(info)`` run after every epoch on rank 0 (a Prefect flow
-    passes one that updates its progress artifact; the library never imports Prefect)."""
+    passes one that updates its progress artifact; the library never imports Prefect).
+    ``upstream``: the whole :class:`~ferpipe.config.Params`; its ``align`` and ``priors``
+    sections are recorded in the checkpoints (``preprocess``) for ``ferpipe predict``."""
     if not params.dataset:
         raise ConfigError("train.dataset is unset: resolve it with train_params_for(params), "
                           "which defaults it to download.dataset")
@@ -155,7 +159,9 @@ def train_stage(params: TrainParams, layout: Layout, callbacks: Sequence[EpochCa
         cbs = ([live] if live else []) + (list(callbacks) if rank == 0 else [])
         opts = RunOptions(device=params.device, num_workers=params.num_workers, resume=params.resume,
                           threads=params.threads, fused_optimizer=params.fused_optimizer, callbacks=cbs)
-        result = fit(cfg, shards, model_dir, opts, params=params.model_dump(mode="json"))
+        preprocess = (ckpt_io.preprocess_record(upstream.align, upstream.priors, shards)
+                      if upstream is not None else None)
+        result = fit(cfg, shards, model_dir, opts, params=params.model_dump(mode="json"), preprocess=preprocess)
         report = _report(params, cfg, result, model_dir, report_dir, root)
         if rank == 0:
             if result.resumed_from:
@@ -213,4 +219,4 @@ def train_params_for(params) -> TrainParams:
 
 def run_train(params, root: Path = Path(".")) -> TrainReport:
     """Entry point for ``ferpipe train --no-flow``: takes the whole :class:`Params`."""
-    return train_stage(train_params_for(params), Layout(Path(root)))
+    return train_stage(train_params_for(params), Layout(Path(root)), upstream=params)
