@@ -254,13 +254,25 @@ def priors_stage(aligned_dir: str | os.PathLike, out_dir: str | os.PathLike, par
                                    fingerprint_fn=partial(_fingerprint, params=params,
                                                           backend_desc=worker.desc),
                                    verify=True, progress=progress, desc="priors")
-    return build_report(run.stats, out_dir, params, worker.desc, aligned_dir.name,
-                        time.perf_counter() - t0)
+    return build_report(run.stats, out_dir, params, aligned_dir.name, time.perf_counter() - t0)
+
+
+def prior_description(out_dir: str | os.PathLike, splits: Sequence[str]) -> dict[str, Any]:
+    """The ``priors`` object of the first written sample, less its shapes: what the shards
+    hold, read back from them (so a flow, whose shards ran elsewhere, needs no model load);
+    empty when no sample was written."""
+    for split in splits:
+        for url in shards.shard_urls(out_dir, split):
+            for name, data in shards.iter_tar_members(url):
+                if name.endswith(".json"):
+                    return {k: v for k, v in json.loads(data)["priors"].items() if k != "shapes"}
+    return {}
 
 
 def build_report(stats: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: Path,
-                 params: PriorsParams, desc: Mapping[str, Any], dataset: str,
-                 seconds: float) -> PriorsReport:
+                 params: PriorsParams, dataset: str, seconds: float) -> PriorsReport:
+    """The stage's report from its shards' stats, after the indexes are written; the one
+    builder for ``ferpipe priors`` and ``ferpipe priors --no-flow``."""
     splits: dict[str, dict[str, int]] = {}
     skipped: dict[str, int] = {}
     failures: list[dict[str, Any]] = []
@@ -294,7 +306,7 @@ def build_report(stats: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: Path
         seconds=round(seconds, 3), samples_processed=processed,
         samples_per_second=round(processed / seconds, 3) if seconds > 0 else 0.0,
         shards_resumed=resumed, bytes_per_sample=round(total_bytes / max(written, 1), 1),
-        index_sha256=index["sha256"], prior=dict(desc), shard_stats=rows)
+        index_sha256=index["sha256"], prior=prior_description(out_dir, list(stats)), shard_stats=rows)
 
 
 def run_priors(params, root: Path = Path(".")) -> PriorsReport:
