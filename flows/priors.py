@@ -22,10 +22,6 @@ from ferpipe.priors.stage import (
 )
 from flows._common import artifact_key, markdown_table, params_for, run_shard
 
-STATS_COLUMNS = ["shard", "split", "items", "written", "skipped", "seconds", "items_per_second",
-                 "bytes", "resumed", "sha256"]
-
-
 @task(retries=2, retry_delay_seconds=5, task_run_name="priors-{spec.split}-{spec.index}")
 def priors_shard_task(spec: shards.ShardSpec, aligned_dir: str, out_dir: str, params: PriorsParams,
                       models_dir: str) -> dict:
