@@ -23,12 +23,11 @@ from ferpipe.errors import ConfigError
 @dataclass(frozen=True)
 class Stage:
     name: str
+    runner: str               # "module:function": fn(params, root=Path) -> report
     params: tuple[str, ...]   # params.yaml sections / dotted keys it reads (dvc.yaml `params`)
     code: tuple[str, ...]     # source it depends on (dvc.yaml `deps` that are code)
-    inputs: tuple[str, ...]   # data and models it reads (the other `deps`)
-    outputs: tuple[str, ...]  # what it writes (`outs`)
-    runner: str               # "module:function": fn(params, root=Path) -> report
-    flow: str                 # "module:function": the Prefect flow
+    inputs: tuple[str, ...] = ()   # data and models it reads (the other `deps`)
+    outputs: tuple[str, ...] = ()  # what it writes (`outs`)
     metrics: tuple[str, ...] = ()
     plots: tuple[str, ...] = ()
     sharded: bool = False     # one task per shard: the flow runs on the task runner `flows.*` asks for
@@ -36,6 +35,12 @@ class Stage:
     @property
     def command(self) -> str:
         return f"ferpipe {self.name}"
+
+    @property
+    def flow(self) -> str:
+        """``"module:function"`` of the Prefect flow: ``flows/<name>.py``'s ``<name>_flow``."""
+        module = self.name.replace("-", "_")
+        return f"flows.{module}:{module}_flow"
 
     def paths(self, kind: str, dataset: str) -> list[str]:
         """``inputs``, ``outputs``, ``metrics`` or ``plots`` with the dataset name filled in."""
@@ -53,87 +58,41 @@ def _resolve(spec: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+_DATA = "download.dataset"
 _PRIOR_NETS = ("models/prior_nets/parser.pt", "models/prior_nets/landmarks.pt")
 
 STAGES: tuple[Stage, ...] = (
-    Stage(
-        name="download",
-        params=("download",),
-        code=("ferpipe/sources", "ferpipe/manifest.py", "ferpipe/labels.py"),
-        inputs=(),
-        outputs=("data/raw/{dataset}", "data/manifests/{dataset}.parquet", "reports/download/{dataset}.json"),
-        runner="ferpipe.sources.download:run_download",
-        flow="flows.download:download_flow",
-    ),
-    Stage(
-        name="align",
-        params=("align", "download.dataset"),
-        code=("ferpipe/align", "ferpipe/shards.py"),
-        inputs=("data/manifests/{dataset}.parquet", "data/raw/{dataset}"),
-        outputs=("data/aligned/{dataset}", "reports/align/{dataset}.json"),
-        runner="ferpipe.align.stage:run_align",
-        flow="flows.align:align_flow",
-        sharded=True,
-    ),
-    Stage(
-        name="prior-nets",
-        params=("prior_nets",),
-        code=("ferpipe/priors/nets.py", "ferpipe/priors/data.py", "ferpipe/priors/training.py",
-              "ferpipe/priors/conventions.py", "ferpipe/sources/synthetic", "ferpipe/align/warp.py"),
-        inputs=(),
-        outputs=_PRIOR_NETS,
-        metrics=("models/prior_nets/metrics.json",),
-        runner="ferpipe.priors.training:run_prior_nets",
-        flow="flows.prior_nets:prior_nets_flow",
-    ),
-    Stage(
-        name="priors",
-        params=("priors", "download.dataset"),
-        code=("ferpipe/priors", "ferpipe/shards.py"),
-        inputs=("data/aligned/{dataset}", *_PRIOR_NETS),
-        outputs=("data/priors/{dataset}", "reports/priors/{dataset}.json"),
-        runner="ferpipe.priors.stage:run_priors",
-        flow="flows.priors:priors_flow",
-        sharded=True,
-    ),
-    Stage(
-        name="occlusion",
-        params=("download.dataset", "occlusion", "priors"),
-        code=("ferpipe/occlusion", "ferpipe/priors"),
-        inputs=("data/priors/{dataset}", *_PRIOR_NETS),
-        outputs=("data/occlusion/{dataset}", "reports/occlusion/{dataset}.json"),
-        runner="ferpipe.occlusion.stage:run_occlusion",
-        flow="flows.occlusion:occlusion_flow",
-        sharded=True,
-    ),
-    Stage(
-        name="train",
-        params=("train", "download.dataset"),
-        code=("ferpipe/train", "ferpipe/models", "ferpipe/losses"),
-        inputs=("data/priors/{dataset}",),
-        outputs=("models/train/{dataset}", "reports/train/history.json", "reports/train/test_confusion.json"),
-        metrics=("reports/train/metrics.json",),
-        plots=("reports/train/live/plots/metrics", "reports/train/curves.png"),
-        runner="ferpipe.train.stage:run_train",
-        flow="flows.train:train_flow",
-    ),
-    Stage(
-        name="evaluate",
-        params=("download.dataset", "evaluate"),
-        code=("ferpipe/evaluate", "ferpipe/train/data.py"),
-        inputs=("data/priors/{dataset}", "data/occlusion/{dataset}", "models/train/{dataset}/best.pt"),
-        outputs=("reports/evaluate/{dataset}.json",),
-        metrics=("reports/metrics.json",),
-        plots=("reports/plots/clean_predictions.csv", "reports/plots/synthetic-occlusion_predictions.csv",
-               "reports/plots/robustness.csv", "reports/plots/by_occluder.csv", "reports/plots/by_region.csv"),
-        runner="ferpipe.evaluate.stage:run_evaluate",
-        flow="flows.evaluate:evaluate_flow",
-    ),
+    Stage("download", "ferpipe.sources.download:run_download", ("download",),
+          code=("ferpipe/sources", "ferpipe/manifest.py", "ferpipe/labels.py"),
+          outputs=("data/raw/{dataset}", "data/manifests/{dataset}.parquet", "reports/download/{dataset}.json")),
+    Stage("align", "ferpipe.align.stage:run_align", ("align", _DATA), ("ferpipe/align", "ferpipe/shards.py"),
+          inputs=("data/manifests/{dataset}.parquet", "data/raw/{dataset}"),
+          outputs=("data/aligned/{dataset}", "reports/align/{dataset}.json"), sharded=True),
+    Stage("prior-nets", "ferpipe.priors.training:run_prior_nets", ("prior_nets",),
+          code=("ferpipe/priors/nets.py", "ferpipe/priors/data.py", "ferpipe/priors/training.py",
+                "ferpipe/priors/conventions.py", "ferpipe/sources/synthetic", "ferpipe/align/warp.py"),
+          outputs=_PRIOR_NETS, metrics=("models/prior_nets/metrics.json",)),
+    Stage("priors", "ferpipe.priors.stage:run_priors", ("priors", _DATA), ("ferpipe/priors", "ferpipe/shards.py"),
+          inputs=("data/aligned/{dataset}", *_PRIOR_NETS),
+          outputs=("data/priors/{dataset}", "reports/priors/{dataset}.json"), sharded=True),
+    Stage("occlusion", "ferpipe.occlusion.stage:run_occlusion", (_DATA, "occlusion", "priors"),
+          ("ferpipe/occlusion", "ferpipe/priors"), inputs=("data/priors/{dataset}", *_PRIOR_NETS),
+          outputs=("data/occlusion/{dataset}", "reports/occlusion/{dataset}.json"), sharded=True),
+    Stage("train", "ferpipe.train.stage:run_train", ("train", _DATA),
+          ("ferpipe/train", "ferpipe/models", "ferpipe/losses"), inputs=("data/priors/{dataset}",),
+          outputs=("models/train/{dataset}", "reports/train/history.json", "reports/train/test_confusion.json"),
+          metrics=("reports/train/metrics.json",),
+          plots=("reports/train/live/plots/metrics", "reports/train/curves.png")),
+    Stage("evaluate", "ferpipe.evaluate.stage:run_evaluate", (_DATA, "evaluate"),
+          ("ferpipe/evaluate", "ferpipe/train/data.py"),
+          inputs=("data/priors/{dataset}", "data/occlusion/{dataset}", "models/train/{dataset}/best.pt"),
+          outputs=("reports/evaluate/{dataset}.json",), metrics=("reports/metrics.json",),
+          plots=("reports/plots/clean_predictions.csv", "reports/plots/synthetic-occlusion_predictions.csv",
+                 "reports/plots/robustness.csv", "reports/plots/by_occluder.csv", "reports/plots/by_region.csv")),
 )
 
 # Every stage above, in order, as one command (``ferpipe pipeline``); not a dvc.yaml stage.
-PIPELINE = Stage(name="pipeline", params=(), code=(), inputs=(), outputs=(),
-                 runner="ferpipe.pipeline:run_pipeline", flow="flows.pipeline:pipeline_flow")
+PIPELINE = Stage("pipeline", "ferpipe.pipeline:run_pipeline", params=(), code=())
 
 NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 SHARDED: frozenset[str] = frozenset(s.name for s in STAGES if s.sharded)
