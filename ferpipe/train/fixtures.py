@@ -8,6 +8,7 @@ steps must lower the loss.
 from __future__ import annotations
 
 import io
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -16,46 +17,18 @@ from PIL import Image
 
 from ferpipe import shards as _shards
 from ferpipe.labels import BASIC7
+from ferpipe.priors.conventions import IBUG68_FLIP as FLIP68  # noqa: F401  (re-exported for tests)
+from ferpipe.priors.conventions import flip_landmarks, flip_parsing
 
-# iBUG 68-point mirror permutation: index i of the flipped face is point FLIP68[i] of the original.
-FLIP68 = np.array(
-    list(range(16, -1, -1)) + list(range(26, 16, -1)) + [27, 28, 29, 30] + [35, 34, 33, 32, 31]
-    + [45, 44, 43, 42, 47, 46] + [39, 38, 37, 36, 41, 40]
-    + [54, 53, 52, 51, 50, 49, 48] + [59, 58, 57, 56, 55] + [64, 63, 62, 61, 60] + [67, 66, 65]
-)
-# LaPa classes whose meaning swaps under a horizontal flip (left/right brow, left/right eye).
-LAPA_FLIP = np.array([0, 1, 3, 2, 5, 4, 6, 7, 8, 9, 10], np.uint8)
 _SPACE = {"name": BASIC7.name, "classes": list(BASIC7.classes)}
+_npy = _shards.encode_npy
+_png = partial(_shards.encode_png, compression=6)
 
 
 def _jpg(rgb: np.ndarray, quality: int = 95) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="JPEG", quality=quality, optimize=False)
     return buf.getvalue()
-
-
-def _png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
-
-
-def _npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    return buf.getvalue()
-
-
-def flip_landmarks(pts: np.ndarray, width: int) -> np.ndarray:
-    """68 points of the mirrored image (x -> width - 1 - x: pixel centres at integers, as the
-    priors stage records them; iBUG order restored)."""
-    q = pts[FLIP68].copy()
-    q[:, 0] = width - 1 - q[:, 0]
-    return q
-
-
-def flip_parsing(parsing: np.ndarray) -> np.ndarray:
-    return LAPA_FLIP[parsing[:, ::-1]]
 
 
 def _write_splits(root: Path, samples_by_split: dict[str, list[dict]], samples_per_shard: int) -> None:
