@@ -28,6 +28,7 @@ from ferpipe.errors import FerpipeError, MissingCheckpointError
 
 log = logging.getLogger(__name__)
 
+
 def read_checkpoint(source, what: str) -> Mapping[str, Any]:
     """Load a checkpoint file on the CPU, or pass an already-loaded mapping through."""
     if isinstance(source, Mapping):

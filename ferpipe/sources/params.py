@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 
 from ferpipe._schema import StrictModel
 
+
 class SyntheticParams(StrictModel):
     """The embedded default dataset (``download.source: synthetic``)."""
 
