@@ -18,18 +18,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ferpipe.errors import FerpipeError
+from ferpipe.stages import cli_table
 
-# stage name → (flow module, flow function, library runner)
-_STAGES: dict[str, tuple[str, str, str]] = {
-    "download": ("flows.download", "download_flow", "ferpipe.sources.download:run_download"),
-    "align": ("flows.align", "align_flow", "ferpipe.align.stage:run_align"),
-    "prior-nets": ("flows.prior_nets", "prior_nets_flow", "ferpipe.priors.training:run_prior_nets"),
-    "priors": ("flows.priors", "priors_flow", "ferpipe.priors.stage:run_priors"),
-    "occlusion": ("flows.occlusion", "occlusion_flow", "ferpipe.occlusion.stage:run_occlusion"),
-    "train": ("flows.train", "train_flow", "ferpipe.train.stage:run_train"),
-    "evaluate": ("flows.evaluate", "evaluate_flow", "ferpipe.evaluate.stage:run_evaluate"),
-    "pipeline": ("flows.pipeline", "pipeline_flow", "ferpipe.pipeline:run_pipeline"),  # all of the above, in order
-}
+# stage name → (flow module, flow function, library runner), derived from the one registry
+_STAGES: dict[str, tuple[str, str, str]] = cli_table()
 
 
 def _offline_defaults() -> None:

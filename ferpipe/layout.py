@@ -1,6 +1,6 @@
 """Where each stage reads and writes, relative to a project root.
 
-One place for the directory conventions of DESIGN.md, so dvc.yaml, the stages, the flows and
+One place for the project's directory conventions, so dvc.yaml, the stages, the flows and
 the tests agree. Every path is derived from the root and the dataset name.
 """
 

@@ -6,15 +6,14 @@ skip up-to-date stages: every stage runs (the sharded ones resume their done sha
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from ferpipe.config import Params
 from ferpipe.errors import ConfigError
-
-STAGES: tuple[str, ...] = ("download", "align", "prior-nets", "priors", "occlusion", "train", "evaluate")
+from ferpipe.stages import NAMES as STAGES
+from ferpipe.stages import get as get_stage
 
 
 def select_stages(stages: Sequence[str] | None) -> list[str]:
@@ -39,15 +38,8 @@ class PipelineReport:
         return "\n".join(lines)
 
 
-def _runner(stage: str) -> Callable[..., Any]:
-    from ferpipe.cli import _STAGES  # the one registry of stage → library runner  # noqa: PLC0415
-
-    module, name = _STAGES[stage][2].split(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def run_pipeline(params: Params, root: str | Path = ".", stages: Sequence[str] | None = None) -> PipelineReport:
     report = PipelineReport()
     for stage in select_stages(stages):
-        report.reports[stage] = _runner(stage)(params, root=Path(root))
+        report.reports[stage] = get_stage(stage).load_runner()(params, root=Path(root))
     return report

@@ -11,9 +11,10 @@ from prefect.task_runners import TaskRunner
 
 from ferpipe.config import Params, load_params
 from ferpipe.flows_params import FlowsParams
+from ferpipe.stages import SHARDED
 
 # Flows that map one task per shard: the ones `flows.task_runner` applies to.
-SHARDED_FLOWS = frozenset({"align", "priors", "occlusion"})
+SHARDED_FLOWS = SHARDED
 
 
 def params_for(params_path: str | Path, overrides: Sequence[str] | None) -> Params:

@@ -11,20 +11,11 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from ferpipe.pipeline import STAGES, PipelineReport, select_stages
+from ferpipe.pipeline import PipelineReport, select_stages
+from ferpipe.stages import STAGES
 from flows._common import params_for, with_task_runner
-from flows.align import align_flow
-from flows.download import download_flow
-from flows.evaluate import evaluate_flow
-from flows.occlusion import occlusion_flow
-from flows.prior_nets import prior_nets_flow
-from flows.priors import priors_flow
-from flows.train import train_flow
 
-STAGE_FLOWS = {"download": download_flow, "align": align_flow, "prior-nets": prior_nets_flow,
-               "priors": priors_flow, "occlusion": occlusion_flow, "train": train_flow,
-               "evaluate": evaluate_flow}
-assert tuple(STAGE_FLOWS) == STAGES
+STAGE_FLOWS = {stage.name: stage.load_flow() for stage in STAGES}
 
 
 @flow(name="pipeline", log_prints=True)

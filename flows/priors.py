@@ -24,27 +24,10 @@ from ferpipe.priors.stage import (
 )
 from flows._common import artifact_key, markdown_table, params_for, run_shard
 
-STATS_COLUMNS = ["shard", "split", "items", "written", "skipped", "seconds", "items_per_second",
-                 "bytes", "resumed", "sha256"]
-
-
 @task(retries=2, retry_delay_seconds=5, task_run_name="priors-{spec.split}-{spec.index}")
 def priors_shard_task(spec: shards.ShardSpec, aligned_dir: str, out_dir: str, params: PriorsParams,
                       models_dir: str, domain: dict | None = None) -> dict:
     return run_shard(partial(priors_shard, domain=domain), spec, aligned_dir, out_dir, params, models_dir)
-
-
-def _prior_description(out_dir: Path, plans) -> dict:
-    """The ``priors`` object of the first written sample (no second model load)."""
-    import json  # noqa: PLC0415
-
-    for split in plans:
-        for url in shards.shard_urls(out_dir, split):
-            for name, data in shards.iter_tar_members(url):
-                if name.endswith(".json"):
-                    d = json.loads(data)["priors"]
-                    return {k: v for k, v in d.items() if k != "shapes"}
-    return {}
 
 
 # One shard at a time on one machine (a shard already uses every core through torch); a
@@ -69,10 +52,8 @@ def priors_flow(params_path: str = "params.yaml", overrides: list[str] | None = 
     stats: dict[str, list[dict]] = {split: [] for split in plans}
     for spec, st in zip(specs, results):
         stats[spec.split].append(st)
-    indexes = {split: shards.finalize_split(out_dir, split, plan) for split, plan in plans.items()}
-    shards.write_dataset_index(out_dir, indexes)
-    desc = _prior_description(out_dir, plans)
-    report = build_report(stats, out_dir, p, desc, dataset, time.perf_counter() - t0, domain)
+    shards.finalize_stage(out_dir, plans, stats, time.perf_counter() - t0)
+    report = build_report(stats, out_dir, p, dataset, time.perf_counter() - t0, domain)
     shards.write_json_atomic(layout.stage_report("priors", dataset), report.to_dict())
     create_table_artifact(key=artifact_key("priors", dataset, "shards"), table=report.shard_stats,
                           description=f"{dataset}: priors ({p.kind}, {p.backend}) per shard")

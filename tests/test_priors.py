@@ -453,3 +453,45 @@ def test_prior_nets_flow_publishes_metrics(prefect_api, tmp_path, monkeypatch):
     arts = _artifacts_of(state.state_details.flow_run_id)
     assert "mIoU" in str(arts["prior-nets-metrics"].data)
     assert arts["prior-nets-per-class-iou"].type == "markdown"
+
+
+# Fields of a report that are this run's timings (they differ between any two runs).
+TIMING_FIELDS = ("seconds", "samples_per_second", "items_per_second")
+
+
+def _without_timings(x):
+    if isinstance(x, dict):
+        return {k: _without_timings(v) for k, v in x.items() if k not in TIMING_FIELDS}
+    if isinstance(x, list):
+        return [_without_timings(v) for v in x]
+    return x
+
+
+def test_flow_and_no_flow_write_the_same_report_and_shards(prefect_api, aligned_dir, random_prior_nets,
+                                                           tmp_path, monkeypatch):
+    """``ferpipe priors`` (the flow: shards as tasks, the report built after) and ``ferpipe priors
+    --no-flow`` (the library loop) give the same shards and the same report, timings aside."""
+    import shutil
+
+    import flows.priors as fp
+    from ferpipe.priors import run_priors
+
+    root = tmp_path / "proj"
+    shutil.copytree(aligned_dir, root / "data" / "aligned" / "synthetic")
+    shutil.copytree(random_prior_nets / "prior_nets", root / "models" / "prior_nets")
+    params = _fake_params(priors=PriorsParams(kind="maps", backend="ferpipe", gallery_size=0, threads=1))
+    monkeypatch.setattr(fp, "params_for", lambda path, ov: params)
+    out_dir, report_path = root / "data" / "priors" / "synthetic", root / "reports" / "priors" / "synthetic.json"
+
+    assert fp.priors_flow(params_path="unused", root=str(root), return_state=True).is_completed()
+    by_flow = json.loads(report_path.read_text())
+    shards_by_flow = _tree_bytes(out_dir)
+    shutil.rmtree(out_dir)
+    report_path.unlink()
+    run_priors(params, root=root)
+    by_library = json.loads(report_path.read_text())
+
+    assert _tree_bytes(out_dir) == shards_by_flow
+    assert by_flow["prior"]["flip_convention"] and by_flow["prior"]["views"] == ["original", "hflip"]
+    assert {"kind", "backend", "coordinates", "checkpoints"} <= set(by_flow["prior"])
+    assert _without_timings(by_library) == _without_timings(by_flow)

@@ -6,28 +6,10 @@ The names below load lazily: decode worker processes import only
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from ferpipe._lazy import lazy_exports
 
-from ferpipe.align.params import AlignParams
-
-if TYPE_CHECKING:
-    from ferpipe.align.stage import (
-        AlignReport,
-        align_shard,
-        align_stage,
-        failure_gallery_markdown,
-        failure_thumbnails,
-        plan_align,
-    )
-
-__all__ = [
-    "AlignParams", "AlignReport", "align_shard", "align_stage", "failure_gallery_markdown",
-    "failure_thumbnails", "plan_align",
-]
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        return getattr(importlib.import_module("ferpipe.align.stage"), name)
-    raise AttributeError(f"module 'ferpipe.align' has no attribute {name!r}")
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "params": ["AlignParams"],
+    "stage": ["AlignReport", "align_shard", "align_stage", "failure_gallery_markdown", "failure_thumbnails",
+              "plan_align"],
+})

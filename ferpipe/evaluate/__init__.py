@@ -9,13 +9,12 @@ Public API::
     from ferpipe.evaluate import classification_metrics, group_accuracy, robustness_curve, assign_bins
 """
 
-from .metrics import assign_bins, classification_metrics, flatten, group_accuracy, robustness_curve
-from .params import EvaluateParams
-from .predict import CheckpointPredictor, LabelMapMismatchError, Predictions, Predictor, check_label_map
-from .stage import EvaluateReport, evaluate_sets, run_evaluate
+from ferpipe._lazy import lazy_exports
 
-__all__ = [
-    "CheckpointPredictor", "EvaluateParams", "EvaluateReport", "LabelMapMismatchError", "Predictions", "Predictor",
-    "assign_bins", "check_label_map", "classification_metrics", "evaluate_sets", "flatten", "group_accuracy",
-    "robustness_curve", "run_evaluate",
-]
+# Loaded on first use: importing ferpipe.evaluate.params must not import torch or scikit-learn.
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "metrics": ["assign_bins", "classification_metrics", "flatten", "group_accuracy", "robustness_curve"],
+    "params": ["EvaluateParams"],
+    "predict": ["CheckpointPredictor", "LabelMapMismatchError", "Predictions", "Predictor", "check_label_map"],
+    "stage": ["EvaluateReport", "evaluate_sets", "run_evaluate"],
+})

@@ -1,5 +1,5 @@
 """Ada-DF's objective: CE on the auxiliary branch, KL to a fused target on the main branch, and
-SCN's rank regularisation of the attention weights (shared/reference/seed-methods.md §5).
+SCN's rank regularisation of the attention weights (as the release, taylor-xy0827/Ada-DF, computes them).
 
 Per batch, with ``outputs`` from :class:`ferpipe.models.ada_df.AdaDF` (out1, out2, weights w)::
 

@@ -1,4 +1,4 @@
-"""DACL's sparse (attentive) center loss and its training criterion (seed-methods.md §4).
+"""DACL's sparse (attentive) center loss and its training criterion (release: amirhfarzaneh/dacl).
 
     L_C = 1/(2B) sum_i sum_j A_ij (f_ij - c_{y_i j})^2,     total = CE + lamb * L_C.
 

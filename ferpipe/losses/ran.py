@@ -1,4 +1,4 @@
-"""RAN's region-biased loss and its training criterion (seed-methods.md §3).
+"""RAN's region-biased loss and its training criterion (release: kaiwang960112/Challenge-condition-FER-dataset).
 
 L_RB = mean_b max(0, delta - (max_{i != orig} alpha_i - alpha_orig)): the best-weighted region
 crop should outweigh the whole face by at least delta. ``alpha`` are the self-attention weights

@@ -1,6 +1,6 @@
 """Loading the official checkpoints in their original layouts.
 
-Rules (shared/reference/seed-methods.md §2.4):
+Rules (as the releases save them):
 - a leading ``module.`` (DataParallel) is stripped from every key;
 - IR-50 (``ir50.pth``): shape-matched partial load; the release reports 304 tensors loaded;
 - MobileFaceNet (``mobilefacenet_model_best.pth.tar``): strict, from ``['state_dict']``;
@@ -27,8 +27,6 @@ from torch import nn
 from ferpipe.errors import FerpipeError, MissingCheckpointError
 
 log = logging.getLogger(__name__)
-
-PathOrState = "str | os.PathLike | Mapping[str, Any]"
 
 
 def read_checkpoint(source, what: str) -> Mapping[str, Any]:

@@ -1,6 +1,6 @@
 """Ada-DF (ICASSP 2023): a ResNet-18 that forks after layer1 into two identical branches.
 
-Layout (shared/reference/seed-methods.md §5)::
+Layout (the release, taylor-xy0827/Ada-DF)::
 
     image -> stem (conv1, bn1, act1, maxpool, layer1; frozen) -+-> branch 1 (layer2-4, GAP) -> g1
                                                                +-> branch 2 (layer2-4, GAP) -> g2

@@ -1,4 +1,4 @@
-"""DACL, Deep Attentive Center Loss (Farzaneh & Qi, WACV 2021; seed-methods.md §4).
+"""DACL, Deep Attentive Center Loss (Farzaneh & Qi, WACV 2021; release amirhfarzaneh/dacl).
 
 ResNet-18 trunk -> layer4 map X [B,512,h,w]; f = GAP(X); logits = fc 512->C. The attention
 network reads the whole flattened map, flatten(X) (512*h*w: 25,088 at 224 input, 8,192 at 112):

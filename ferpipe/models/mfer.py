@@ -1,6 +1,6 @@
 """MFER (IEEE TAFFC): ConvNeXt with DS attention and a multiscale classifier (Msc).
 
-Layout (shared/reference/seed-methods.md §6)::
+Layout (the release, XuJ1E/MFER)::
 
     image -> ConvNeXt stages 1-2 -> stage 3 blocks -> DS attention -> stage 4 blocks -> DS attention
           -> GAP -> LayerNorm -> feat [B,D]          (D = dims[-1]; 1024 for the release's base)

@@ -1,4 +1,4 @@
-"""RAN, Region Attention Network (Wang et al., TIP 2020; seed-methods.md §3).
+"""RAN, Region Attention Network (Wang et al., TIP 2020; arXiv 1905.04075).
 
 One ResNet-18 is shared by K face regions and the whole face. Each gives F_i = GAP(layer4)
 (512-d). Self-attention mu_i = sigmoid(Linear 512->1 (F_i)); F_m = sum mu_i F_i / sum mu_i.

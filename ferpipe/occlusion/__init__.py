@@ -10,26 +10,13 @@ Public API::
     from ferpipe.occlusion.stage import run_occlusion
 """
 
-from .occluders import OCCLUDERS, composite, draw_occluder, register_occluder
-from .params import ALL_OCCLUDERS, OcclusionParams, SubsetListParams
-from .synthetic import (
-    SET_NAME,
-    BackendRecompute,
-    OcclusionReport,
-    backend_recompute,
-    finalize_occlusion,
-    gallery_markdown,
-    occlude,
-    occlusion_shard,
-    plan_occlusion,
-    read_metadata,
-    sample_seed,
-    synthetic_occlusion_stage,
-)
+from ferpipe._lazy import lazy_exports
 
-__all__ = [
-    "ALL_OCCLUDERS", "OCCLUDERS", "SET_NAME", "BackendRecompute", "OcclusionParams", "OcclusionReport",
-    "SubsetListParams", "backend_recompute", "composite", "draw_occluder", "finalize_occlusion",
-    "gallery_markdown", "occlude", "occlusion_shard", "plan_occlusion", "read_metadata", "register_occluder",
-    "sample_seed", "synthetic_occlusion_stage",
-]
+# Loaded on first use: importing ferpipe.occlusion.params must not import torch or OpenCV.
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "occluders": ["OCCLUDERS", "composite", "draw_occluder", "register_occluder"],
+    "params": ["ALL_OCCLUDERS", "OcclusionParams", "SubsetListParams"],
+    "synthetic": ["SET_NAME", "BackendRecompute", "OcclusionReport", "backend_recompute", "finalize_occlusion",
+                  "gallery_markdown", "occlude", "occlusion_shard", "plan_occlusion", "read_metadata",
+                  "sample_seed", "synthetic_occlusion_stage"],
+})

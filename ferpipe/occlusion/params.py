@@ -18,7 +18,7 @@ SubsetFormat = Literal["ran-rafdb-occlusion", "ran-rafdb-pose", "ran-ferplus-occ
 
 
 class SubsetListParams(StrictModel):
-    """One real evaluation subset given as a list file (RAN's challenge lists, seed-methods §1.3).
+    """One real evaluation subset given as a list file (RAN's challenge lists).
 
     ``path`` (and ``label_file``) are relative to ``data/raw/<dataset>`` unless absolute.
     """

@@ -1,5 +1,5 @@
 """Real occlusion and pose subsets of an ingested test split, from RAN's challenge lists
-(seed-methods.md §1.3). They are evaluation subsets: lists of manifest keys plus a subset name
+(kaiwang960112/Challenge-condition-FER-dataset). They are evaluation subsets: lists of manifest keys plus a subset name
 and, for occlusion lists, the (undocumented) occlusion-type code of each image.
 
 Formats (one entry per line; blank lines ignored):

@@ -52,7 +52,6 @@ SET_NAME = "synthetic-occlusion"
 STAGE = "occlusion"
 _NON_OUTPUT_PARAMS = ("gallery_size", "subsets")
 _SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<index>\d{%d})\.tar$" % shards.SHARD_DIGITS)
-PRIOR_MEMBERS = ("landmarks.npy", "parsing.png", "parsing_flip.png", "lmk.npy", "seg.npy")
 
 RecomputeFn = Callable[[np.ndarray], Mapping[str, Any]]
 

@@ -8,39 +8,15 @@ by the ``prior-nets`` stage, :mod:`.training`), an ``insightface`` 106-point ONN
 ``mtcnn5`` (facenet-pytorch's MTCNN 5 points + a mean face).
 """
 
-from ferpipe.priors.backends import (
-    FerpipeBackend,
-    InsightfaceBackend,
-    Mtcnn5Backend,
-    OfficialBackend,
-    PriorBackend,
-    build_backend,
-    model_input,
-)
-from ferpipe.priors.conventions import (
-    IBUG68_FLIP,
-    LAPA_FLIP,
-    flip_landmarks,
-    flip_parsing,
-    parsing_from_68,
-)
-from ferpipe.priors.params import PriorNetsParams, PriorsParams
-from ferpipe.priors.stage import (
-    PriorsReport,
-    gallery_markdown,
-    gallery_rows,
-    plan_priors,
-    priors_gallery,
-    priors_shard,
-    priors_stage,
-    run_priors,
-)
-from ferpipe.priors.training import PriorNetsReport, prior_nets_stage, run_prior_nets
+from ferpipe._lazy import lazy_exports
 
-__all__ = [
-    "FerpipeBackend", "IBUG68_FLIP", "InsightfaceBackend", "LAPA_FLIP", "Mtcnn5Backend", "OfficialBackend",
-    "PriorBackend", "PriorNetsParams", "PriorNetsReport", "PriorsParams", "PriorsReport",
-    "build_backend", "flip_landmarks", "flip_parsing", "gallery_markdown", "gallery_rows",
-    "model_input", "parsing_from_68", "plan_priors", "prior_nets_stage", "priors_gallery",
-    "priors_shard", "priors_stage", "run_prior_nets", "run_priors",
-]
+# Loaded on first use: importing ferpipe.priors.params must not import torch.
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "backends": ["FerpipeBackend", "InsightfaceBackend", "Mtcnn5Backend", "OfficialBackend", "PriorBackend", "build_backend",
+                 "model_input"],
+    "conventions": ["IBUG68_FLIP", "LAPA_FLIP", "flip_landmarks", "flip_parsing", "parsing_from_68"],
+    "params": ["PriorNetsParams", "PriorsParams"],
+    "stage": ["PriorsReport", "gallery_markdown", "gallery_rows", "plan_priors", "priors_gallery", "priors_shard",
+              "priors_stage", "run_priors"],
+    "training": ["PriorNetsReport", "prior_nets_stage", "run_prior_nets"],
+})

@@ -275,13 +275,27 @@ def priors_stage(aligned_dir: str | os.PathLike, out_dir: str | os.PathLike, par
                                    fingerprint_fn=partial(_fingerprint, params=params,
                                                           backend_desc=worker.desc),
                                    verify=True, progress=progress, desc="priors")
-    return build_report(run.stats, out_dir, params, worker.desc, aligned_dir.name,
-                        time.perf_counter() - t0, domain)
+    return build_report(run.stats, out_dir, params, aligned_dir.name, time.perf_counter() - t0,
+                        domain)
+
+
+def prior_description(out_dir: str | os.PathLike, splits: Sequence[str]) -> dict[str, Any]:
+    """The ``priors`` object of the first written sample, less its shapes: what the shards
+    hold, read back from them (so a flow, whose shards ran elsewhere, needs no model load);
+    empty when no sample was written."""
+    for split in splits:
+        for url in shards.shard_urls(out_dir, split):
+            for name, data in shards.iter_tar_members(url):
+                if name.endswith(".json"):
+                    return {k: v for k, v in json.loads(data)["priors"].items() if k != "shapes"}
+    return {}
 
 
 def build_report(stats: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: Path,
-                 params: PriorsParams, desc: Mapping[str, Any], dataset: str,
-                 seconds: float, domain: Mapping[str, Any] | None = None) -> PriorsReport:
+                 params: PriorsParams, dataset: str, seconds: float,
+                 domain: Mapping[str, Any] | None = None) -> PriorsReport:
+    """The stage's report from its shards' stats, after the indexes are written; the one
+    builder for ``ferpipe priors`` and ``ferpipe priors --no-flow``."""
     splits: dict[str, dict[str, int]] = {}
     skipped: dict[str, int] = {}
     failures: list[dict[str, Any]] = []
@@ -309,14 +323,15 @@ def build_report(stats: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: Path
                          "sha256": st["sha256"][:16]})
         splits[split] = c
     index = json.loads((out_dir / "index.json").read_text())
+    prior = prior_description(out_dir, list(stats))
     return PriorsReport(
         dataset=dataset, out_dir=str(out_dir), kind=params.kind, backend=params.backend,
         splits=splits, skipped_by_reason=dict(sorted(skipped.items())), failures=failures,
         seconds=round(seconds, 3), samples_processed=processed,
         samples_per_second=round(processed / seconds, 3) if seconds > 0 else 0.0,
         shards_resumed=resumed, bytes_per_sample=round(total_bytes / max(written, 1), 1),
-        index_sha256=index["sha256"], prior=dict(desc), shard_stats=rows,
-        domain=dict(domain if domain is not None else desc.get("domain") or {}))
+        index_sha256=index["sha256"], prior=prior, shard_stats=rows,
+        domain=dict(domain if domain is not None else prior.get("domain") or {}))
 
 
 def run_priors(params, root: Path = Path(".")) -> PriorsReport:

@@ -292,7 +292,3 @@ def run_prior_nets(params, root: Path = Path(".")) -> PriorNetsReport:
 
     layout = Layout(Path(root))
     return prior_nets_stage(params.prior_nets, layout.models / "prior_nets", root=layout.root)
-
-
-def read_metrics(out_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(out_dir) / METRICS_FILE).read_text())

@@ -12,7 +12,6 @@ from ``backoff_s``. Other HTTP errors (404, 403, ...) fail at once: retrying wil
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -22,10 +21,10 @@ import requests
 from tqdm.auto import tqdm
 
 from ferpipe.errors import ChecksumError, DataError
+from ferpipe.shards import sha256_file  # re-exported: the one file hash
 
 __all__ = ["DownloadError", "download", "sha256_file"]
 
-_CHUNK = 1 << 20
 # Small network reads: when a connection drops, the read in flight is lost, so this bounds what
 # a resume has to fetch again.
 _NET_CHUNK = 1 << 16
@@ -34,15 +33,6 @@ _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 class DownloadError(DataError):
     """A URL could not be fetched (HTTP error, or the retries ran out)."""
-
-
-def sha256_file(path: str | os.PathLike, chunk_size: int = _CHUNK) -> str:
-    """Hex sha256 of a file's bytes, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_size):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def download(

@@ -8,9 +8,6 @@ from pydantic import Field, field_validator
 
 from ferpipe._schema import StrictModel
 
-DATASET_FORMATS = ("rafdb", "affectnet", "ferplus", "sfew", "occlufer", "imagefolder", "expw",
-                   "ckplus")
-
 
 class SyntheticParams(StrictModel):
     """The embedded default dataset (``download.source: synthetic``)."""

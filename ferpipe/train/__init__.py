@@ -9,14 +9,13 @@ Public API::
     from ferpipe.train.optim import SAM, build_optimizer, build_scheduler
 """
 
-from .checkpoint import load as load_checkpoint
-from .loop import NonFiniteLossError, RunOptions, TrainResult, evaluate, fit
-from .params import TrainParams
-from .presets import TrainConfig, get_preset, list_presets, register_preset, resolve
-from .stage import TrainReport, run_train, train_stage
+from ferpipe._lazy import lazy_exports
 
-__all__ = [
-    "NonFiniteLossError", "RunOptions", "TrainConfig", "TrainParams", "TrainReport", "TrainResult",
-    "evaluate", "fit", "get_preset", "list_presets", "load_checkpoint", "register_preset", "resolve",
-    "run_train", "train_stage",
-]
+# Loaded on first use: importing ferpipe.train.params (params validation) must not import torch.
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "checkpoint": [("load_checkpoint", "load")],
+    "loop": ["NonFiniteLossError", "RunOptions", "TrainResult", "evaluate", "fit"],
+    "params": ["TrainParams"],
+    "presets": ["TrainConfig", "get_preset", "list_presets", "register_preset", "resolve"],
+    "stage": ["TrainReport", "run_train", "train_stage"],
+})

@@ -1,6 +1,6 @@
 """Training and evaluation data from priors shards: one explicit WebDataset pipeline each.
 
-Shards (written by the priors stage, see DESIGN.md): ``<dir>/<split>-NNNNNN.tar`` and
+Shards (written by the priors stage, :mod:`ferpipe.priors.stage`): ``<dir>/<split>-NNNNNN.tar`` and
 ``<split>_index.json``. A sample holds ``jpg`` (aligned face), ``cls`` (canonical label),
 ``json`` (metadata: ``priors`` {kind, input_size, mean, std, ...}, the label space) and the
 cached priors of two views, index 0 = the image as stored, 1 = computed from its horizontal
@@ -42,10 +42,10 @@ and hangs the others' all-reduce.
 erases the image *before* the frozen prior nets see it, so both priors see the box. With cached
 priors that is impossible: the box is erased in the image only and the priors stay clean
 (computed from the unerased face). Occluded content therefore still reaches the model through
-the prior path and erasing is a weaker augmentation than in the release (seed-methods.md
-§2.9, option 1). ``erase_priors: zero`` (option 2) approximates the release: features priors
-have every grid cell that overlaps the box zeroed; maps priors mark landmarks inside the box as
-missing (NaN, an empty heatmap) and parsing pixels inside it as "no class" (255).
+the prior path and erasing is a weaker augmentation than in the release. ``erase_priors: zero``
+approximates the release: features priors have every grid cell that overlaps the box zeroed;
+maps priors mark landmarks inside the box as missing (NaN, an empty heatmap) and parsing pixels
+inside it as "no class" (255).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ import tarfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -604,7 +604,3 @@ def make_loader(pipeline: wds.DataPipeline, num_workers: int, *, nbatches: int |
 
 def eval_workers(urls: Sequence[str], num_workers: int) -> int:
     return min(num_workers, len(urls))
-
-
-def iterate(loader) -> Iterator[dict[str, Any]]:
-    yield from loader

@@ -1,19 +1,14 @@
 """Priors shards the trainer can run on without the priors stage: for tests and benchmarks.
 
-- :func:`write_random_priors`: tiny learnable random shards (features / maps / none) in the
-  priors-stage format; the class is visible in the image colour and in the priors, so a few
-  steps must lower the loss.
-- :func:`priors_from_synthetic_archive`: ``maps`` shards of the embedded synthetic set built
-  from the renderer's ground truth (5-point similarity alignment to ``size`` px with the
-  ArcFace template, exact 68 landmarks and parsing warped along). A stand-in for
-  align + priors while those stages are not available; the priors stage proper computes the
-  same fields from detected landmarks.
+:func:`write_random_priors`: tiny learnable random shards (features / maps / none) in the
+priors-stage format; the class is visible in the image colour and in the priors, so a few
+steps must lower the loss.
 """
 
 from __future__ import annotations
 
 import io
-import json
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -22,46 +17,18 @@ from PIL import Image
 
 from ferpipe import shards as _shards
 from ferpipe.labels import BASIC7
+from ferpipe.priors.conventions import IBUG68_FLIP as FLIP68  # noqa: F401  (re-exported for tests)
+from ferpipe.priors.conventions import flip_landmarks, flip_parsing
 
-# iBUG 68-point mirror permutation: index i of the flipped face is point FLIP68[i] of the original.
-FLIP68 = np.array(
-    list(range(16, -1, -1)) + list(range(26, 16, -1)) + [27, 28, 29, 30] + [35, 34, 33, 32, 31]
-    + [45, 44, 43, 42, 47, 46] + [39, 38, 37, 36, 41, 40]
-    + [54, 53, 52, 51, 50, 49, 48] + [59, 58, 57, 56, 55] + [64, 63, 62, 61, 60] + [67, 66, 65]
-)
-# LaPa classes whose meaning swaps under a horizontal flip (left/right brow, left/right eye).
-LAPA_FLIP = np.array([0, 1, 3, 2, 5, 4, 6, 7, 8, 9, 10], np.uint8)
 _SPACE = {"name": BASIC7.name, "classes": list(BASIC7.classes)}
+_npy = _shards.encode_npy
+_png = partial(_shards.encode_png, compression=6)
 
 
 def _jpg(rgb: np.ndarray, quality: int = 95) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="JPEG", quality=quality, optimize=False)
     return buf.getvalue()
-
-
-def _png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
-
-
-def _npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    return buf.getvalue()
-
-
-def flip_landmarks(pts: np.ndarray, width: int) -> np.ndarray:
-    """68 points of the mirrored image (x -> width - 1 - x: pixel centres at integers, as the
-    priors stage records them; iBUG order restored)."""
-    q = pts[FLIP68].copy()
-    q[:, 0] = width - 1 - q[:, 0]
-    return q
-
-
-def flip_parsing(parsing: np.ndarray) -> np.ndarray:
-    return LAPA_FLIP[parsing[:, ::-1]]
 
 
 def _write_splits(root: Path, samples_by_split: dict[str, list[dict]], samples_per_shard: int) -> None:
@@ -116,50 +83,3 @@ def write_random_priors(root: str | Path, kind: str = "features", counts: Sequen
             out[split].append(s)
     _write_splits(root, out, samples_per_shard)
     return root
-
-
-def priors_from_synthetic_archive(archive: str | Path, groundtruth: str | Path, out_root: str | Path,
-                                  size: int = 112, val_fraction: float = 0.1, seed: int = 0,
-                                  samples_per_shard: int = 256, jpeg_quality: int = 95) -> Path:
-    """``maps`` shards (train/val/test) of the synthetic RAF-DB-layout archive, GT-aligned."""
-    import zipfile
-
-    from ferpipe.align.warp import estimate_similarity, template, transform_points, warp
-    from ferpipe.sources.synthetic.archive import IMAGE_DIR, load_ground_truth
-
-    gt = load_ground_truth(groundtruth)
-    names = sorted(gt)
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7A1]))
-    train = [n for n in names if gt[n].split == "train"]
-    val: set[str] = set()
-    for c in range(1, 8):  # stratified val carve-out, as the download stage does
-        members = [n for n in train if gt[n].label == c]
-        k = int(round(len(members) * val_fraction))
-        val.update(rng.choice(members, size=k, replace=False).tolist())
-    dst = template(size)
-    out: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
-    with zipfile.ZipFile(archive) as zf:
-        for n in names:
-            g = gt[n]
-            split = "test" if g.split == "test" else ("val" if n in val else "train")
-            rgb = np.asarray(Image.open(io.BytesIO(zf.read(IMAGE_DIR + n))).convert("RGB"))
-            m = estimate_similarity(g.points5, dst)
-            face = warp(rgb, m, size)
-            import cv2
-
-            parsing = cv2.warpAffine(g.parsing, m, (size, size), flags=cv2.INTER_NEAREST,
-                                     borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-            pts = transform_points(g.points68, m).astype(np.float32)
-            label = int(g.label) - 1  # RAF-DB 1..7 -> canonical 0..6
-            meta = {"label_space": BASIC7.name, "source": n,  # the name, as the align stage writes it
-                    "priors": {"kind": "maps", "backend": "groundtruth", "input_size": size,
-                               "resize": "none", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
-            out[split].append({
-                "__key__": n[:-4], "jpg": _jpg(face, jpeg_quality), "cls": label, "json": meta,
-                "landmarks.npy": _npy(np.stack([pts, flip_landmarks(pts, size)])),
-                "parsing.png": _png(parsing), "parsing_flip.png": _png(flip_parsing(parsing)),
-            })
-    _write_splits(Path(out_root), out, samples_per_shard)
-    (Path(out_root) / "SOURCE.json").write_text(json.dumps(
-        {"archive": str(archive), "groundtruth": str(groundtruth), "size": size, "seed": seed}, sort_keys=True))
-    return Path(out_root)

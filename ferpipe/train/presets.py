@@ -104,7 +104,7 @@ def get_preset(name: str) -> TrainConfig:
 _ORSANET_FROM_DATA = {"num_classes": "num_classes", "priors": "prior_kind",
                       "lmk_dim": "lmk_channels", "seg_dim": "seg_channels", "img_size": "_img_size"}
 
-# The release (seed-methods.md §2.6): 224 input, SAM(rho 0.05) around Adam at 4e-5 (RAF-DB),
+# The release (Wenyuzhy/ORSANet-master train.py): 224 input, SAM(rho 0.05) around Adam at 4e-5 (RAF-DB),
 # ExponentialLR 0.98, batch 20 (val 50), the LSCE->DARE schedule, class rebalancing, erasing.
 register_preset("orsanet-large", TrainConfig(
     model="orsanet", model_kwargs={"variant": "large"}, model_kwargs_from_data=_ORSANET_FROM_DATA,
@@ -177,7 +177,7 @@ def model_kwargs(cfg: TrainConfig, facts: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# --- the other methods (seed-methods.md §3-§6), and the plain-CE baselines ----------------------------
+# --- the other methods (RAN, DACL, Ada-DF, MFER), and the plain-CE baselines ----------------------------
 # "<model>-release" is the published recipe; "<model>-cpu" keeps the method (architecture, loss,
 # input recipe) at the embedded default's CPU scale: from scratch (no pretrained trunk on the
 # machine), 112 px (RAN 64 px: it runs its trunk on 8 crops), a few epochs: each -cpu preset trains in
