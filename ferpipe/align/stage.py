@@ -13,6 +13,7 @@ import base64
 import collections
 import io
 import json
+import os
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -339,7 +340,7 @@ def _make_pool(params: AlignParams) -> ProcessPoolExecutor | None:
     # spawn, not fork: a fork after OpenCV/torch started their thread pools deadlocks the
     # child on its first cv2 call. The workers import only ferpipe.align.decode (no torch).
     return ProcessPoolExecutor(params.decode_workers, mp_context=mp.get_context("spawn"),
-                               initializer=_decode.init_worker)
+                               initializer=_decode.init_worker, initargs=(os.getpid(),))
 
 
 def _set_threads(params: AlignParams) -> None:
