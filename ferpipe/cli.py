@@ -113,11 +113,34 @@ def _run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_serve(args: argparse.Namespace) -> int:
+    import signal
+
+    # A shell starts background jobs with SIGINT ignored, and Python keeps it so: Ctrl-C (or
+    # `kill -INT`) would do nothing. Serving is interactive, so restore it; SIGTERM stops it too.
+    def _stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        return importlib.import_module("flows.deployments").serve_command(args.root)
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] not in ("httpx", "httpcore"):
+            raise
+        raise FerpipeError(f"cannot reach the Prefect API at {os.environ.get('PREFECT_API_URL', '?')} "
+                           f"({type(exc).__name__}: {exc}); is `prefect server start` running there?") from None
+    except KeyboardInterrupt:
+        print("ferpipe serve: stopped (a run in progress, if any, is marked crashed by Prefect and can "
+              "be started again)", file=sys.stderr)
+        return 0
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "synth":
         return _run_synth(args)
     if args.command == "serve":
-        return importlib.import_module("flows.deployments").serve_command(args.root)
+        return _run_serve(args)
     if args.command == "params":
         from ferpipe.config import load_params, to_dict
 
