@@ -165,30 +165,34 @@ def _guarded(dispatch: Callable[[argparse.Namespace], int], args: argparse.Names
     """Run ``dispatch(args)``; every error becomes one paragraph on stderr and exit code 2
     (1 for an unexpected one). ``--debug`` (or FERPIPE_DEBUG=1) adds the traceback."""
     debug = bool(getattr(args, "debug", False)) or os.environ.get("FERPIPE_DEBUG", "") not in ("", "0")
-    prefix = f"ferpipe {args.command}: error:"
     try:
         return dispatch(args)
-    except FerpipeError as exc:
-        message, code = str(exc), 2
-        if args.command in _STAGES:
-            message += f"\n(ferpipe {args.command} stopped here; fix this and rerun the same command: outputs " \
-                       f"are replaced only when complete, and finished shards and checkpoints are kept.)"
-    except OSError as exc:
-        message, code = f"{_describe_os_error(exc)}. {_RESUME}", 2
-    except MemoryError:
-        message, code = f"out of memory. {_RESUME}", 2
-    except KeyboardInterrupt:
-        message, code = f"interrupted. {_RESUME}", 130
-    except Exception as exc:  # noqa: BLE001 - the last resort: a bug, said plainly
-        where = _innermost(exc)
-        message, code = (f"unexpected {type(exc).__name__}: {exc} (at {where}). This is a ferpipe bug, not "
-                         f"your input: rerun with --debug for the traceback and report it. {_RESUME}"), 1
-    if debug:
-        import traceback
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - every kind is explained below
+        if debug:
+            import traceback
 
-        traceback.print_exc()
-    print(f"{prefix} {message}", file=sys.stderr)
-    return code
+            traceback.print_exception(exc)
+        message, code = _explain(exc, args)
+        print(f"ferpipe {args.command}: error: {message}", file=sys.stderr)
+        return code
+
+
+def _explain(exc: BaseException, args: argparse.Namespace) -> tuple[str, int]:
+    """(one-paragraph message, exit code) for an error that stopped a command."""
+    if isinstance(exc, FerpipeError):
+        message = str(exc)
+        if args.command in _STAGES:
+            message += (f"\n(ferpipe {args.command} stopped here; fix this and rerun the same command: outputs "
+                        f"are replaced only when complete, and finished shards and checkpoints are kept.)")
+        return message, 2
+    if isinstance(exc, OSError):
+        return f"{_describe_os_error(exc)}. {_RESUME}", 2
+    if isinstance(exc, MemoryError):
+        return f"out of memory. {_RESUME}", 2
+    if isinstance(exc, KeyboardInterrupt):
+        return f"interrupted. {_RESUME}", 130
+    return (f"unexpected {type(exc).__name__}: {exc} (at {_innermost(exc)}). This is a ferpipe bug, not your "
+            f"input: rerun with --debug for the traceback and report it. {_RESUME}"), 1
 
 
 def _describe_os_error(exc: OSError) -> str:
