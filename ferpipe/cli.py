@@ -181,7 +181,7 @@ def _explain(exc: BaseException, args: argparse.Namespace) -> tuple[str, int]:
     """(one-paragraph message, exit code) for an error that stopped a command."""
     if isinstance(exc, FerpipeError):
         message = str(exc)
-        if args.command in _STAGES:
+        if args.command in _STAGES and type(exc).__name__ != "ProjectBusyError":
             message += (f"\n(ferpipe {args.command} stopped here; fix this and rerun the same command: outputs "
                         f"are replaced only when complete, and finished shards and checkpoints are kept.)")
         return message, 2
