@@ -206,6 +206,28 @@ def test_checkpoints_ferpipe_writes_load_weights_only(tmp_path):
     assert not list(tmp_path.glob(".*partial*"))
 
 
+def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import argparse
+
+    import torch
+
+    from ferpipe.train import checkpoint as ck
+
+    ck.save_atomic({"format": ck.FORMAT, "epoch": 1}, tmp_path / "last.pt")
+
+    def full(*a, **k):  # what torch's zip writer raises on ENOSPC
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError) as info:
+        ck.save_atomic({"format": ck.FORMAT, "epoch": 2}, tmp_path / "last.pt")
+    message, code = cli._explain(info.value, argparse.Namespace(command="train"))
+    assert code == 2 and "last.pt" in message and "disk" in message and "resume" in message
+    monkeypatch.undo()
+    assert ck.read_weights_only(tmp_path / "last.pt", "checkpoint")["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
 # --- 2. one run per project ---------------------------------------------------------------------------
 
 

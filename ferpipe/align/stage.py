@@ -475,8 +475,8 @@ def failure_gallery_markdown(thumbs: Sequence[Mapping[str, Any]], title: str = "
 
 def write_report(report: AlignReport, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.to_dict(), indent=1, sort_keys=True))
+    with shards.atomic_file(path) as fh:  # a reader never sees half a report
+        fh.write(json.dumps(report.to_dict(), indent=1, sort_keys=True).encode("utf-8"))
     return path
 
 

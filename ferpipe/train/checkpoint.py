@@ -29,6 +29,7 @@ state). A file that needs anything else is refused, and its pickle never runs.
 from __future__ import annotations
 
 import dataclasses
+import errno
 from collections import OrderedDict
 import os
 import pickle
@@ -81,7 +82,11 @@ def save_atomic(obj: dict[str, Any], path: str | os.PathLike) -> Path:
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(plain(obj), f)
+            try:
+                torch.save(plain(obj), f)
+            except RuntimeError as exc:  # torch's zip writer reports a full disk as RuntimeError
+                raise OSError(errno.EIO, f"cannot write the checkpoint ({_first_line(exc)}); is the disk "
+                                         f"full? The previous {path.name} is kept", str(path)) from exc
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
