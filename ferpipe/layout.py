@@ -17,6 +17,10 @@ from pathlib import Path
 from ferpipe.errors import ConfigError
 
 
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
 @dataclass(frozen=True)
 class Layout:
     root: Path = Path(".")
@@ -37,7 +41,8 @@ class Layout:
         disk (as DVC setups often have) stays allowed."""
         root = os.path.abspath(self.root)
         full = os.path.normpath(os.path.join(root, os.fspath(path)))
-        if full != root and not full.startswith(root.rstrip(os.sep) + os.sep):
+        if not (_within(full, root) or _within(os.path.realpath(full), os.path.realpath(root))):
+            # (the second form: an absolute path spelled through the root's real location)
             raise ConfigError(f"{key} = {os.fspath(path)!r} leads outside the project root {root} "
                               f"(to {full}); ferpipe only reads and writes inside the project. Give a path "
                               f"relative to the root, without '..'")
