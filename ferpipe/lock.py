@@ -51,6 +51,28 @@ def holder_info(root: str | os.PathLike) -> dict[str, Any] | None:
     return info if isinstance(info, dict) else None
 
 
+def _write_holder(path: Path, info: dict[str, Any]) -> None:
+    # Plain json + rename, no heavy imports: a waiter gives the holder only seconds to appear.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp.write_text(json.dumps(info, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _current_holder(root: Path, patience_s: float = 3.0) -> dict[str, Any] | None:
+    """The live holder's record. A holder writes it just after taking the lock, and a killed
+    one leaves its record behind: wait briefly for a record whose process is alive."""
+    from ferpipe.tempfiles import writer_alive  # noqa: PLC0415
+
+    deadline = time.monotonic() + patience_s
+    while True:
+        info = holder_info(root)
+        if info and (info.get("host") != socket.gethostname() or writer_alive(int(info.get("pid", 0)))):
+            return info
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
+
+
 def _describe(info: dict[str, Any] | None) -> str:
     if not info:
         return "a run that has not recorded itself yet"
@@ -75,7 +97,7 @@ def project_lock(root: str | os.PathLike, stage: str, wait_s: float = 0.0) -> It
     except Timeout:
         waited = f" after waiting {wait_s:g}s" if wait_s > 0 else ""
         raise ProjectBusyError(
-            f"project {root.resolve()} is busy{waited}: {_describe(holder_info(root))} holds its lock "
+            f"project {root.resolve()} is busy{waited}: {_describe(_current_holder(root))} holds its lock "
             f"({lock_path}). Two runs on one project would overwrite each other's outputs; wait for it "
             f"to finish, or pass --wait SECONDS to queue behind it") from None
     info = {"pid": os.getpid(), "host": socket.gethostname(), "stage": stage,
@@ -84,9 +106,7 @@ def project_lock(root: str | os.PathLike, stage: str, wait_s: float = 0.0) -> It
     nested = lock.lock_counter > 1
     try:
         if not nested:
-            from ferpipe.shards import write_json_atomic  # noqa: PLC0415
-
-            write_json_atomic(holder_path, info)
+            _write_holder(holder_path, info)
         yield info
     finally:
         if not nested:

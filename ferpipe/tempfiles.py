@@ -33,6 +33,8 @@ def private_sibling(target: str | os.PathLike, kind: str = "dir") -> Path:
 
 def writer_alive(pid: int) -> bool:
     """Whether process ``pid`` (the writer named in a temp file's name) still runs."""
+    if pid <= 0:
+        return False  # os.kill(0, ...) would mean "my process group"
     if pid == os.getpid():
         return True
     try:
