@@ -87,7 +87,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_stage(args: argparse.Namespace) -> int:
     from ferpipe.config import load_params
-
     from ferpipe.lock import project_lock
 
     params = load_params(args.params, args.overrides)  # validate before anything starts

@@ -14,6 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ferpipe.orphans import owner_gone
+
 __all__ = ["private_sibling", "sweep_stale", "writer_alive"]
 
 _SUFFIX = ".partial"
@@ -35,15 +37,7 @@ def writer_alive(pid: int) -> bool:
     """Whether process ``pid`` (the writer named in a temp file's name) still runs."""
     if pid <= 0:
         return False  # os.kill(0, ...) would mean "my process group"
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
+    return pid == os.getpid() or not owner_gone(pid)
 
 
 def sweep_stale(target: str | os.PathLike) -> list[Path]:

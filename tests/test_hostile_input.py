@@ -30,7 +30,7 @@ import yaml
 from PIL import Image
 
 from ferpipe import cli
-from ferpipe.lock import project_lock
+from ferpipe.lock import holder_info, project_lock
 from ferpipe.manifest import STATUS_OK, inspect_image, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -306,6 +306,15 @@ def test_a_held_lock_is_a_refusal_naming_the_holder(world, capsys):
         holder.kill()  # SIGKILL: the kernel frees the lock, no stale lock file to clean by hand
         holder.wait()
     assert stage(capsys, proj, "download")[0] == 0
+
+
+def test_the_lock_re_enters_in_one_process_and_records_its_holder(tmp_path):
+    with project_lock(tmp_path, "pipeline"):
+        with project_lock(tmp_path, "download"):  # a pipeline running its stages in-process
+            pass
+        info = holder_info(tmp_path)
+        assert info["stage"] == "pipeline" and info["pid"] == os.getpid()
+    assert holder_info(tmp_path) is None
 
 
 # --- 3. nothing outside the project -------------------------------------------------------------------
