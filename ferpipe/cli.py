@@ -43,10 +43,16 @@ def _add_stage(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     p.add_argument("--root", default=".", help="project root holding data/ and reports/ (default: .)")
     p.add_argument("--no-flow", action="store_true", help="run the stage function without Prefect")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="when another run holds the project's lock, wait this long for it (default: "
+                        "stop at once, naming the holder)")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show the Python traceback of an error")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ferpipe", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in _STAGES:
         _add_stage(sub, name)
@@ -159,15 +165,17 @@ def _run_export(args: argparse.Namespace) -> int:
 
 def _run_stage(args: argparse.Namespace) -> int:
     from ferpipe.config import load_params
+    from ferpipe.lock import project_lock
 
     params = load_params(args.params, args.overrides)  # validate before anything starts
     flow_module, flow_name, runner = _STAGES[args.command]
-    if args.no_flow:
-        result = _resolve(runner)(params, root=Path(args.root))
-    else:
-        flow = getattr(importlib.import_module(flow_module), flow_name)
-        flow = importlib.import_module("flows._common").with_task_runner(flow, params)  # flows.task_runner
-        result = flow(params_path=args.params, overrides=list(args.overrides), root=args.root)
+    with project_lock(Path(args.root), args.command, wait_s=args.wait):  # one run per project at a time
+        if args.no_flow:
+            result = _resolve(runner)(params, root=Path(args.root))
+        else:
+            flow = getattr(importlib.import_module(flow_module), flow_name)
+            flow = importlib.import_module("flows._common").with_task_runner(flow, params)  # flows.task_runner
+            result = flow(params_path=args.params, overrides=list(args.overrides), root=args.root)
     summary = getattr(result, "summary", None)
     print(summary() if callable(summary) else result)
     return 0
@@ -193,29 +201,112 @@ def _run_weights(args: argparse.Namespace) -> int:
     return int(any(r.status in ("wrong", "truncated") for r in rows))
 
 
+def _run_serve(args: argparse.Namespace) -> int:
+    import signal
+
+    # A shell starts background jobs with SIGINT ignored, and Python keeps it so: Ctrl-C (or
+    # `kill -INT`) would do nothing. Serving is interactive, so restore it; SIGTERM stops it too.
+    def _stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        return importlib.import_module("flows.deployments").serve_command(args.root)
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] not in ("httpx", "httpcore"):
+            raise
+        raise FerpipeError(f"cannot reach the Prefect API at {os.environ.get('PREFECT_API_URL', '?')} "
+                           f"({type(exc).__name__}: {exc}); is `prefect server start` running there?") from None
+    except KeyboardInterrupt:
+        print("ferpipe serve: stopped (a run in progress, if any, is marked crashed by Prefect and can "
+              "be started again)", file=sys.stderr)
+        return 0
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "synth":
+        return _run_synth(args)
+    if args.command == "serve":
+        return _run_serve(args)
+    if args.command == "predict":
+        return _run_predict(args)
+    if args.command == "export":
+        return _run_export(args)
+    if args.command == "weights":
+        return _run_weights(args)
+    if args.command == "params":
+        from ferpipe.config import load_params, to_dict
+
+        print(json.dumps(to_dict(load_params(args.params, args.overrides)), indent=2, sort_keys=True))
+        return 0
+    return _run_stage(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _offline_defaults()
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "synth":
-            return _run_synth(args)
-        if args.command == "predict":
-            return _run_predict(args)
-        if args.command == "export":
-            return _run_export(args)
-        if args.command == "serve":
-            return importlib.import_module("flows.deployments").serve_command(args.root)
-        if args.command == "weights":
-            return _run_weights(args)
-        if args.command == "params":
-            from ferpipe.config import load_params, to_dict
+    return _guarded(_dispatch, args)
 
-            print(json.dumps(to_dict(load_params(args.params, args.overrides)), indent=2, sort_keys=True))
-            return 0
-        return _run_stage(args)
-    except FerpipeError as exc:
-        print(f"ferpipe {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+
+# --- the one top-level error handler ---------------------------------------------------------------
+
+_RESUME = ("Outputs are replaced only when complete, so nothing half-written was left in place: fix the "
+           "cause and rerun the same command to resume (finished shards and checkpoints are kept).")
+
+
+def _guarded(dispatch: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run ``dispatch(args)``; every error becomes one paragraph on stderr and exit code 2
+    (1 for an unexpected one). ``--debug`` (or FERPIPE_DEBUG=1) adds the traceback."""
+    debug = bool(getattr(args, "debug", False)) or os.environ.get("FERPIPE_DEBUG", "") not in ("", "0")
+    try:
+        return dispatch(args)
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - every kind is explained below
+        if debug:
+            import traceback
+
+            traceback.print_exception(exc)
+        message, code = _explain(exc, args)
+        print(f"ferpipe {args.command}: error: {message}", file=sys.stderr)
+        return code
+
+
+def _explain(exc: BaseException, args: argparse.Namespace) -> tuple[str, int]:
+    """(one-paragraph message, exit code) for an error that stopped a command."""
+    if isinstance(exc, FerpipeError):
+        message = str(exc)
+        if args.command in _STAGES and type(exc).__name__ != "ProjectBusyError":
+            message += (f"\n(ferpipe {args.command} stopped here; fix this and rerun the same command: outputs "
+                        f"are replaced only when complete, and finished shards and checkpoints are kept.)")
+        return message, 2
+    if isinstance(exc, OSError):
+        return f"{_describe_os_error(exc)}. {_RESUME}", 2
+    if isinstance(exc, MemoryError):
+        return f"out of memory. {_RESUME}", 2
+    if isinstance(exc, KeyboardInterrupt):
+        return f"interrupted. {_RESUME}", 130
+    return (f"unexpected {type(exc).__name__}: {exc} (at {_innermost(exc)}). This is a ferpipe bug, not your "
+            f"input: rerun with --debug for the traceback and report it. {_RESUME}"), 1
+
+
+def _describe_os_error(exc: OSError) -> str:
+    import errno
+
+    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+            errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+            errno.EROFS: "the file system is read-only", errno.ENOENT: "no such file or directory",
+            errno.EISDIR: "it is a directory", errno.ENOTDIR: "a path component is not a directory",
+            errno.EIO: "an input/output error (a failing disk?)"}.get(exc.errno,
+                                                                      exc.strerror or str(exc) or type(exc).__name__)
+    files = " → ".join(f for f in (exc.filename, exc.filename2) if f)
+    return f"{what}" + (f" on {files}" if files else f" ({exc})" if str(exc) and str(exc) != what else "")
+
+
+def _innermost(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb else "?"
 
 
 if __name__ == "__main__":

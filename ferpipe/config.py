@@ -44,10 +44,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS_FILE, overrides: Iterable[str]
     """Read ``path``, apply ``-S``-style overrides, validate. Raises :class:`ConfigError`."""
     path = Path(path)
     if path.exists():
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raw = _read_yaml(path) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping of stage sections, got {type(raw).__name__}")
     else:
@@ -56,6 +53,48 @@ def load_params(path: str | Path = DEFAULT_PARAMS_FILE, overrides: Iterable[str]
         key, value = parse_override(item, params_file=path.name)
         _set_dotted(raw, key, value)
     return params_from_dict(raw, source=str(path))
+
+
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one,
+    silently: a second ``lr:`` further down would win unseen)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+            if first is not key_node.start_mark:
+                raise _DuplicateKey(f"key {key!r} is given twice, on lines {first.line + 1} and "
+                                    f"{key_node.start_mark.line + 1}; remove one (PyYAML would silently "
+                                    f"keep the last)")
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the params file ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
+                          f"save the params file as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
 
 
 def params_from_dict(raw: dict[str, Any], source: str = "params") -> Params:

@@ -71,6 +71,9 @@ def inspect_image(path: str | Path, max_pixels: int) -> ImageCheck:
     digest = hashlib.sha256(data).hexdigest()
     if not data:
         return ImageCheck(digest, 0, 0, "corrupt: empty file")
+    # Pillow's own bomb limit (a process global, so set in each worker) follows ours: a
+    # max_image_pixels above Pillow's default must let those images through.
+    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
             # PIL only warns between 1x and 2x its limit; we want a hard, listed skip.
@@ -116,11 +119,15 @@ def manifest_table(rows: Iterable[dict[str, Any]], label_space: dict[str, Any], 
 
 def write_manifest(table: pa.Table, path: str | Path) -> Path:
     """Write atomically: a half-written parquet must never look like a manifest."""
+    from ferpipe.tempfiles import private_sibling  # noqa: PLC0415
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    tmp.replace(path)
+    tmp = private_sibling(path, kind="file")  # never shared with another writer
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

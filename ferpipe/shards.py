@@ -452,12 +452,15 @@ def finalize_split(out_dir: str | os.PathLike, split: str, plan: Sequence[ShardS
         names = {spec.name for spec in plan}
         pat = re.compile(rf"^({re.escape(split)}-\d{{{SHARD_DIGITS}}})"
                          rf"(\.tar|{re.escape(STATS_SUFFIX)})$")
-        partial = re.compile(rf"^\.{re.escape(split)}-\d{{{SHARD_DIGITS}}}\.tar\.partial-\d+$")
+        partial = re.compile(rf"^\.{re.escape(split)}-\d{{{SHARD_DIGITS}}}\.tar\.partial-(\d+)$")
+        from ferpipe.tempfiles import writer_alive  # noqa: PLC0415
+
         for p in sorted(out_dir.iterdir()):
             m = pat.match(p.name)
-            # Left by a killed writer of this split; every shard is done now, so nobody owns it.
-            if (m and m.group(1) not in names) or partial.match(p.name):
-                p.unlink()
+            mp = partial.match(p.name)
+            # Left by a killed writer of this split (a live one's temp file is its own business).
+            if (m and m.group(1) not in names) or (mp and not writer_alive(int(mp.group(1)))):
+                p.unlink(missing_ok=True)
     index = {"split": split, "shards": shards, "totals": totals,
              "skipped_by_reason": dict(sorted(skipped_by_reason.items()))}
     write_json_atomic(index_path(out_dir, split), index)

@@ -17,7 +17,7 @@ from ferpipe.config import params_from_dict
 from ferpipe.errors import ChecksumError, DataError, UnsafeArchiveError
 from ferpipe.layout import Layout
 from ferpipe.manifest import STATUS_OK, read_manifest
-from ferpipe.sources.download import download_stage
+from ferpipe.sources.download import download_stage, url_cache_path
 
 
 def _jpeg(path: Path, seed: int, size: int = 48) -> None:
@@ -159,7 +159,9 @@ def test_url_source_from_a_local_server(tmp_path):
         url = f"http://127.0.0.1:{server.server_address[1]}/rafdb.zip"
         layout = Layout(tmp_path / "proj")
         report = download_stage(_params(url, retries=1), layout, log=lambda _: None)
-        assert (layout.downloads / "rafdb.zip").read_bytes() == (served / "rafdb.zip").read_bytes()
+        # kept under a folder keyed by the full URL (never by the bare file name)
+        assert url_cache_path(layout, url).read_bytes() == (served / "rafdb.zip").read_bytes()
+        assert url_cache_path(layout, url).name == "rafdb.zip"
         assert report.n_usable == 7 * 4 + 7 + 1
     finally:
         server.shutdown()

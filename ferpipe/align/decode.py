@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ferpipe.orphans import exit_with
+
 # Transparent pixels become this colour: white is how the images are usually shown.
 ALPHA_BACKGROUND = (255, 255, 255)
 
@@ -182,6 +184,8 @@ def decode_job(job: tuple) -> Decoded:
     return out
 
 
-def init_worker() -> None:
+def init_worker(owner_pid: int | None = None) -> None:
     # The decode processes share 2 cores with the detector: no thread pools inside them.
     cv2.setNumThreads(1)
+    if owner_pid is not None:
+        exit_with(owner_pid)  # a killed stage leaves no decode workers behind

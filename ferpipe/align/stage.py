@@ -13,6 +13,7 @@ import base64
 import collections
 import io
 import json
+import os
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -386,7 +387,7 @@ def _make_pool(params: AlignParams) -> ProcessPoolExecutor | None:
     # spawn, not fork: a fork after OpenCV/torch started their thread pools deadlocks the
     # child on its first cv2 call. The workers import only ferpipe.align.decode (no torch).
     return ProcessPoolExecutor(params.decode_workers, mp_context=mp.get_context("spawn"),
-                               initializer=_decode.init_worker)
+                               initializer=_decode.init_worker, initargs=(os.getpid(),))
 
 
 def _set_threads(params: AlignParams) -> None:
@@ -521,8 +522,8 @@ def failure_gallery_markdown(thumbs: Sequence[Mapping[str, Any]], title: str = "
 
 def write_report(report: AlignReport, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.to_dict(), indent=1, sort_keys=True))
+    with shards.atomic_file(path) as fh:  # a reader never sees half a report
+        fh.write(json.dumps(report.to_dict(), indent=1, sort_keys=True).encode("utf-8"))
     return path
 
 

@@ -19,7 +19,7 @@ class EvaluateParams(StrictModel):
     # (default data/occlusion/<dataset>).
     shards_dir: str | None = None
     occlusion_dir: str | None = None
-    split: str = "test"
+    split: str = Field("test", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")  # a shard split name, never a path
     # Evaluation sets: the clean split, the real subsets (occlusion.subsets) and the
     # synthetic-occlusion set; a set whose inputs are absent is skipped and reported.
     sets: list[Literal["clean", "subsets", "synthetic-occlusion"]] = ["clean", "subsets", "synthetic-occlusion"]
@@ -30,7 +30,7 @@ class EvaluateParams(StrictModel):
     batch_size: int = Field(64, ge=1)
     num_workers: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
     @field_validator("fraction_bins")
     @classmethod

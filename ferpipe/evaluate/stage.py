@@ -31,6 +31,7 @@ from ferpipe.evaluate import plots
 from ferpipe.evaluate.metrics import classification_metrics, group_accuracy, robustness_curve
 from ferpipe.evaluate.params import EvaluateParams
 from ferpipe.evaluate.predict import CheckpointPredictor, Predictions, Predictor, check_label_map, shards_label_space
+from ferpipe.errors import ConfigError
 from ferpipe.layout import Layout
 
 SYNTHETIC = "synthetic-occlusion"
@@ -169,11 +170,15 @@ def evaluate_sets(predictor: Predictor, clean_urls: Sequence[str], out_dir: str 
                           seconds=round(time.perf_counter() - t0, 3), metrics_path=str(mpath))
 
 
-def _path(root: Path, p: str | None, default: Path) -> Path:
-    if p is None:
-        return default
-    q = Path(p)
-    return q if q.is_absolute() else root / q
+def _split_urls(shards_dir: Path, split: str) -> list[str]:
+    """The shards of ``evaluate.split``, or an error listing the splits that exist."""
+    if not shards.index_path(shards_dir, split).is_file():
+        have = sorted(p.name[: -len(shards.INDEX_SUFFIX)] for p in shards_dir.glob(f"*{shards.INDEX_SUFFIX}")) \
+            if shards_dir.is_dir() else []
+        raise ConfigError(f"evaluate.split = {split!r}: {shards_dir} has no such split"
+                          + (f"; it has {', '.join(have)}" if have else
+                             "; it holds no shard index (run the stages before evaluate)"))
+    return shards.shard_urls(shards_dir, split)
 
 
 def run_evaluate(params, root: Path = Path("."), predictor: Predictor | None = None) -> EvaluateReport:
@@ -184,11 +189,11 @@ def run_evaluate(params, root: Path = Path("."), predictor: Predictor | None = N
     layout = Layout(Path(root))
     p: EvaluateParams = params.evaluate
     dataset = params.download.dataset
-    shards_dir = _path(layout.root, p.shards_dir, layout.shards("priors", dataset))
-    occ_dir = _path(layout.root, p.occlusion_dir, layout.shards("occlusion", dataset))
-    clean_urls = shards.shard_urls(shards_dir, p.split)
+    shards_dir = layout.param_path("evaluate.shards_dir", p.shards_dir, layout.shards("priors", dataset))
+    occ_dir = layout.param_path("evaluate.occlusion_dir", p.occlusion_dir, layout.shards("occlusion", dataset))
+    clean_urls = _split_urls(shards_dir, p.split)
     if predictor is None:
-        ckpt = _path(layout.root, p.checkpoint, layout.models / "train" / dataset / "best.pt")
+        ckpt = layout.param_path("evaluate.checkpoint", p.checkpoint, layout.models / "train" / dataset / "best.pt")
         predictor = CheckpointPredictor(ckpt, p.device, p.batch_size, p.num_workers,
                                         expected_label_space=shards_label_space(clean_urls))
     syn_urls = syn_meta = None

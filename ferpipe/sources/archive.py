@@ -12,9 +12,10 @@ the member:
   decompressing it) each member's declared size is added to the running total before its data
   is written. Actual bytes are counted while writing too, so a lying header cannot pass.
 
-Extraction goes to a temporary sibling ``.<name>.partial`` of the target and is renamed into
-place only when every member is written, so a failed or interrupted run leaves no tree that
-looks complete, and a rerun starts clean. Python's ``tarfile.data_filter`` runs as a second
+Extraction goes to a temporary sibling of the target, private to the process
+(:mod:`ferpipe.tempfiles`), and is renamed into place only when every member is written, so a
+failed or interrupted run leaves no tree that looks complete, two runs never write into one
+temporary tree, and a rerun sweeps what a dead one left. Python's ``tarfile.data_filter`` runs as a second
 layer after ferpipe's own checks.
 
 Password-protected zips (Occlu-FER) are opened with pyzipper (ZipCrypto and WinZip AES); the
@@ -37,6 +38,7 @@ from typing import IO
 import pyzipper
 
 from ferpipe.errors import DataError, UnsafeArchiveError
+from ferpipe.tempfiles import private_sibling, sweep_stale
 
 __all__ = [
     "DEFAULT_MAX_TOTAL_BYTES",
@@ -87,13 +89,16 @@ def extract_archive(
     max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
     password_env: str | None = None,
     strip_single_root: bool = False,
+    keep_root_names: frozenset[str] = frozenset(),
     replace: bool = False,
 ) -> ExtractResult:
     """Extract ``archive`` into the directory ``target`` (which must not exist, unless ``replace``).
 
     ``password_env`` names the environment variable holding a zip password. With
     ``strip_single_root``, an archive whose members all sit under one top-level folder is
-    extracted with that folder removed (``basic/EmoLabel/...`` → ``EmoLabel/...``).
+    extracted with that folder removed (``basic/EmoLabel/...`` → ``EmoLabel/...``), unless the
+    folder's name is in ``keep_root_names`` (case-insensitive: a lone ``train/`` is data, not a
+    wrapper).
     Raises :class:`UnsafeArchiveError` for unsafe members or size, :class:`DataError` for
     corrupt or truncated archives and password problems.
     """
@@ -105,9 +110,10 @@ def extract_archive(
         )
     fmt = archive_format(archive)
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.parent / f".{target.name}.partial"
-    _rmtree(partial)  # leftovers of an interrupted run
-    partial.mkdir()
+    _rmtree(target.parent / f".{target.name}.partial")  # the fixed name older versions used
+    sweep_stale(target)  # leftovers of interrupted runs
+    partial = private_sibling(target)
+    keep = {n.lower() for n in keep_root_names}
     try:
         if fmt == "zip":
             files, nbytes = _extract_zip(archive, partial, max_total_bytes, password_env)
@@ -116,7 +122,7 @@ def extract_archive(
         root = partial
         if strip_single_root:
             entries = list(partial.iterdir())
-            if len(entries) == 1 and entries[0].is_dir():
+            if len(entries) == 1 and entries[0].is_dir() and entries[0].name.lower() not in keep:
                 root = entries[0]
         if target.exists():
             _rmtree(target)
@@ -161,8 +167,9 @@ def _dest_for(archive: Path, base: Path, rel: PurePosixPath, name: str) -> Path:
 def _count_limit(archive: Path, total: int, limit: int, name: str) -> None:
     if total > limit:
         raise UnsafeArchiveError(
-            f"archive {archive}: unpacked size exceeds the limit of {limit} bytes at member "
-            f"{name!r} (a zip/tar bomb, or raise download.max_unpacked_bytes)"
+            f"archive {archive}: unpacked size exceeds the limit of {limit} bytes "
+            f"({limit / 2**30:.3g} GiB) at member {name!r} (a zip/tar bomb; if the archive is "
+            f"genuine, raise download.max_unpacked_gb)"
         )
 
 

@@ -8,9 +8,11 @@ Nothing is silently lost: every file the reader or the decoder rejected is in th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import stat
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,8 +34,11 @@ from ferpipe.sources.archive import archive_format, extract_archive
 from ferpipe.sources.fetch import download as download_url, sha256_file
 from ferpipe.sources.params import DownloadParams
 from ferpipe.sources.readers import get_reader
+from ferpipe.tempfiles import private_sibling, sweep_stale
 
 _URL_PREFIXES = ("http://", "https://")
+# A lone top-level folder with one of these names is the data's split, not a wrapper to strip.
+_SPLIT_FOLDERS = frozenset({"train", "val", "valid", "validation", "test"})
 
 
 @dataclass
@@ -84,50 +89,149 @@ def obtain_source(params: DownloadParams, layout: Layout, log: Callable[[str], N
         log(f"rendered {result.n_images} images into {result.archive} in {result.elapsed_s:.1f}s")
         return Path(result.archive), sha256_file(result.archive), str(result.groundtruth)
     if source.startswith(_URL_PREFIXES):
-        name = source.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or f"{params.dataset}.download"
-        target = layout.downloads / name
+        target = url_cache_path(layout, source, params.sha256)
         download_url(source, target, sha256=params.sha256, retries=params.retries)
         return target, sha256_file(target), None
     path = Path(source).expanduser()
     if not path.exists():
-        raise DataError(f"download.source {source!r}: no such file or directory "
+        why = "a symbolic link to nothing" if path.is_symlink() else "no such file or directory"
+        raise DataError(f"download.source {source!r}: {why} "
                         f"(give 'synthetic', a local directory or archive, or an http(s) URL)")
     if path.is_dir():
         if params.sha256:
             raise DataError("download.sha256 is set but download.source is a directory; a hash applies to a file")
+        _refuse_overlap(path, layout)
         return path, None, None
+    if not path.is_file():
+        # /dev/zero, a FIFO, a socket: reading one never ends (or blocks forever).
+        raise DataError(f"download.source {source!r} is not a regular file or directory "
+                        f"({_kind(path)}); give a dataset directory or archive")
     digest = sha256_file(path)
     if params.sha256 and digest != params.sha256:
         raise ChecksumError(f"{path}: sha256 is {digest}, params say {params.sha256}")
     return path, digest, None
 
 
-def _fresh_raw_copy(source: Path, raw: Path, params: DownloadParams) -> None:
-    """Build the raw copy beside its final place and swap it in only when complete."""
+def url_cache_path(layout: Layout, url: str, sha256: str | None = None) -> Path:
+    """Where a URL's download is kept: a folder per (full URL, expected sha256), so two URLs
+    ending in the same file name never share a file, and a changed hash fetches afresh."""
+    key = hashlib.sha256(f"{url}\n{sha256 or ''}".encode()).hexdigest()[:24]
+    name = url.split("?", 1)[0].split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    if name in ("", ".", "..") or not all(c.isalnum() or c in "._-" for c in name):
+        name = "download"
+    return layout.downloads / "url" / key / name
+
+
+def _kind(path: Path) -> str:
+    mode = path.stat().st_mode
+    for test, what in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def _refuse_overlap(source: Path, layout: Layout) -> None:
+    """A source directory holding the project's data (the root itself, or a parent of it) would
+    be copied into itself; one inside ``data/`` would be replaced while it is read."""
+    src = source.resolve()
+    data = layout.data.resolve()
+    if src == data or src in data.parents:
+        raise DataError(f"download.source {str(source)!r} contains the project's data directory {layout.data}; "
+                        f"copying it would copy the copy into itself. Point download.source at the "
+                        f"dataset's own directory")
+    if data in src.parents:
+        raise DataError(f"download.source {str(source)!r} is inside the project's data directory "
+                        f"{layout.data}, which the stage rewrites; move the dataset elsewhere")
+
+
+def _fresh_raw_copy(source: Path, raw: Path, params: DownloadParams) -> list[dict[str, str]]:
+    """Build the raw copy beside its final place and swap it in only when complete; returns the
+    source entries that were not copied, with the reason."""
     raw.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(raw)  # staging trees of killed runs
+    shutil.rmtree(raw.with_name(raw.name + ".partial"), ignore_errors=True)  # older versions' name
     if source.is_dir():
-        staging = raw.with_name(raw.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        # Hard links where possible: a raw copy of AffectNet must not double the disk use.
-        shutil.copytree(source, staging, symlinks=False, copy_function=_link_or_copy)
-        shutil.rmtree(raw, ignore_errors=True)
-        staging.replace(raw)
-        return
+        staging = private_sibling(raw)
+        try:
+            rejected = _copy_tree(source, staging)
+            if raw.exists():
+                shutil.rmtree(raw)
+            staging.replace(raw)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return rejected
     archive_format(source)  # a clear DataError for a file that is no archive, before anything moves
     password_env = params.password_env
     if password_env and password_env not in os.environ:
         raise DataError(f"{source}: the archive password is read from ${password_env}, which is not set")
     # Extraction goes to a sibling temp directory and is renamed into place when complete.
     extract_archive(source, raw, max_total_bytes=int(params.max_unpacked_gb * 2**30),
-                    password_env=password_env, strip_single_root=True, replace=True)
+                    password_env=password_env, strip_single_root=True, keep_root_names=_SPLIT_FOLDERS,
+                    replace=True)
+    return []
 
 
-def _link_or_copy(src: str, dst: str) -> str:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-    return dst
+def _copy_tree(source: Path, dest: Path) -> list[dict[str, str]]:
+    """Copy ``source`` into the existing ``dest`` (hard links where possible: a raw copy of
+    AffectNet must not double the disk use). Symbolic links are followed only to files inside
+    ``source``; links leading out of it, dangling links, linked directories and special files
+    are not copied but returned as rejections."""
+    src_root = source.resolve()
+    rejected: list[dict[str, str]] = []
+    for dirpath, dirnames, filenames in os.walk(source, followlinks=False):
+        here = Path(dirpath)
+        rel_dir = here.relative_to(source)
+        (dest / rel_dir).mkdir(parents=True, exist_ok=True)
+        for d in list(dirnames):
+            if (here / d).is_symlink():
+                dirnames.remove(d)
+                rejected.append({"path": (rel_dir / d).as_posix(),
+                                 "reason": "symbolic link to a directory; not followed"})
+        dirnames.sort()
+        for fn in sorted(filenames):
+            p = here / fn
+            rp = (rel_dir / fn).as_posix()
+            real = p
+            if p.is_symlink():
+                try:
+                    real = p.resolve(strict=True)
+                except (OSError, RuntimeError):
+                    rejected.append({"path": rp, "reason": "dangling or looping symbolic link"})
+                    continue
+                if src_root not in real.parents:
+                    rejected.append({"path": rp, "reason": f"symbolic link to {real}, outside the source "
+                                                           f"directory; not followed"})
+                    continue
+            try:
+                mode = real.stat().st_mode
+            except OSError as exc:
+                rejected.append({"path": rp, "reason": f"unreadable: {exc.strerror or exc}"})
+                continue
+            if not stat.S_ISREG(mode):
+                rejected.append({"path": rp, "reason": f"{_kind(real)}, not a regular file; not copied"})
+                continue
+            target = dest / rel_dir / fn
+            try:
+                os.link(real, target)
+            except OSError:
+                shutil.copy2(real, target)  # an OSError here (disk full) stops the stage
+    return rejected
+
+
+def hidden_entries(raw: Path) -> list[dict[str, str]]:
+    """Files the readers skip because a name on their path starts with '.' (``.DS_Store``,
+    ``._x.jpg``, ``.git/``): listed so that nothing leaves the count without a line."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(raw):
+        rel_dir = Path(dirpath).relative_to(raw)
+        hidden_dir = any(part.startswith(".") for part in rel_dir.parts)
+        dirnames.sort()
+        for fn in sorted(filenames):
+            if hidden_dir or fn.startswith("."):
+                out.append({"path": (rel_dir / fn).as_posix(),
+                            "reason": "hidden file (a name on its path starts with '.'); not read"})
+    return out
 
 
 def reader_options(params: DownloadParams) -> dict[str, Any]:
@@ -228,8 +332,9 @@ def download_stage(params: DownloadParams, layout: Layout, log: Callable[[str], 
     start = time.perf_counter()
     source, digest, ground_truth = obtain_source(params, layout, log)
     raw = layout.raw(params.dataset)
-    _fresh_raw_copy(source, raw, params)
+    not_copied = _fresh_raw_copy(source, raw, params)
     rows, rejected, warnings, native_map = build_manifest_rows(params, raw)
+    rejected += not_copied + hidden_entries(raw)
     if not rows:
         raise DataError(f"{raw}: the {params.format} reader found no images; is download.format right?")
 
@@ -252,9 +357,10 @@ def download_stage(params: DownloadParams, layout: Layout, log: Callable[[str], 
         val_split=val_record, archive_sha256=digest, ground_truth=ground_truth,
         seconds=round(time.perf_counter() - start, 3),
     )
-    report_path = layout.stage_report("download", params.dataset)
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(report.to_json())
+    from ferpipe.shards import atomic_file  # noqa: PLC0415
+
+    with atomic_file(layout.stage_report("download", params.dataset)) as fh:
+        fh.write(report.to_json().encode("utf-8"))
     return report
 
 

@@ -261,9 +261,14 @@ def _write_png(path: Path, arr: np.ndarray) -> None:
             return
     except FileNotFoundError:
         pass
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    from ferpipe.tempfiles import private_sibling  # noqa: PLC0415
+
+    tmp = private_sibling(path, kind="file")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _read_folders(root: Path, base: Path, modes: dict[str, str],

@@ -73,4 +73,12 @@ class DownloadParams(StrictModel):
     def _no_other_schemes(cls, value: str) -> str:
         if "://" in value and not value.startswith(("http://", "https://")):
             raise ValueError("only http(s) URLs, local paths or 'synthetic' are supported")
+        if value.startswith(("http://", "https://")):
+            from urllib.parse import urlsplit  # noqa: PLC0415
+
+            parts = urlsplit(value)
+            if not parts.hostname:
+                raise ValueError("the URL has no host")
+            if any(seg in (".", "..") for seg in parts.path.split("/")):
+                raise ValueError("the URL's path has a '.' or '..' segment; give the file's own URL")
         return value

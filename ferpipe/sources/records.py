@@ -30,7 +30,8 @@ __all__ = [
 ]
 
 SPLITS = ("train", "val", "test")
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+# .gif: palette images decode like any other (the first frame of an animation is taken).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 _KEY_OK = re.compile(r"^[A-Za-z0-9_-]+$")
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_-]+")
 

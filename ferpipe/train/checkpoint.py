@@ -22,13 +22,26 @@ A checkpoint (``last.pt`` every epoch, ``best.pt`` when val improves) is a dict:
                      :mod:`ferpipe.predict`. Absent in checkpoints written before it existed.
 ``best``             {metric, value, epoch}
 ``history``          per-epoch metrics so far
+
+Checkpoints are data, never code: :func:`save_atomic` writes only plain containers, strings,
+numbers and tensors (numpy values become tensors or Python numbers, paths become strings), and
+:func:`load` reads with ``torch.load(weights_only=True)``, allowing on top of that only numpy's
+array and scalar reconstructors (which checkpoints written before this rule hold in their RNG
+state). A file that needs anything else is refused, and its pickle never runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+from collections import OrderedDict
 import os
+import pickle
 import random
-from pathlib import Path
+import re
+import tempfile
+import zipfile
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -45,9 +58,11 @@ _SPEED_ONLY = {"align": ("threads", "decode_workers", "device", "batch_size", "s
 
 
 def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        # numpy's state as a tensor and numbers: loadable with weights_only=True.
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "generator": generator.get_state() if generator is not None else None,
@@ -55,8 +70,10 @@ def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(_as_tuples(state["python"]))
+    kind, keys, *rest = state["numpy"]
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+    np.random.set_state((kind, keys.astype(np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -68,10 +85,16 @@ def save_atomic(obj: dict[str, Any], path: str | os.PathLike) -> Path:
     """torch.save to a temp file in the same directory, fsync, rename: never a torn file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    # mkstemp: a name no other process (or thread) writing the same checkpoint can collide with.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    tmp = Path(tmp_name)
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, "wb") as f:
+            try:
+                torch.save(plain(obj), f)
+            except RuntimeError as exc:  # torch's zip writer reports a full disk as RuntimeError
+                raise OSError(errno.EIO, f"cannot write the checkpoint ({_first_line(exc)}); is the disk "
+                                         f"full? The previous {path.name} is kept", str(path)) from exc
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -80,12 +103,86 @@ def save_atomic(obj: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
+def plain(obj: Any) -> Any:
+    """``obj`` with numpy values, paths and dataclasses turned into what ``weights_only`` loads."""
+    if isinstance(obj, torch.Tensor) or obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+        return obj
+    if isinstance(obj, OrderedDict):
+        out = OrderedDict((k, plain(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):  # state_dict versions: load_state_dict reads them
+            out._metadata = plain(obj._metadata)  # type: ignore[attr-defined]
+        return out
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        items = [plain(v) for v in obj]
+        return items if isinstance(obj, list) else tuple(items)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(plain(v) for v in obj)
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, PurePath):
+        return str(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return plain(dataclasses.asdict(obj))
+    if isinstance(obj, (torch.dtype, torch.device, torch.Size)):
+        return obj  # on weights_only's own allow-list
+    raise FerpipeError(f"cannot put a {type(obj).__module__}.{type(obj).__qualname__} in a checkpoint: "
+                       f"only containers, numbers, strings and tensors are saved")
+
+
+def _as_tuples(v: Any) -> Any:
+    # random.setstate wants tuples; a state that went through a list-only format comes back as lists.
+    return tuple(_as_tuples(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
+def _numpy_globals() -> list[Any]:
+    # Checkpoints written before save_atomic went plain hold numpy's RNG state as an ndarray:
+    # array/scalar reconstructors and dtypes only, which build data and call nothing else.
+    from numpy import dtypes  # noqa: PLC0415
+    from numpy._core import multiarray  # noqa: PLC0415
+
+    return [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype,
+            *(getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType"))]
+
+
+def read_weights_only(path: str | os.PathLike, what: str, map_location="cpu") -> Any:
+    """``torch.load(weights_only=True)`` with every way a file can be bad made a FerpipeError
+    that names it; a file whose pickle asks for code is refused without running it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FerpipeError(f"no {what} at {path}" + (" (it is a directory)" if path.is_dir() else ""))
+    if path.stat().st_size == 0:
+        raise FerpipeError(f"{what} {path} is empty (0 bytes); was its write interrupted? "
+                           f"Delete it, or rerun the stage that writes it")
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        wanted = re.search(r"GLOBAL (\S+)", str(exc))
+        if wanted is None:  # not a refusal: bytes that are no pickle at all
+            raise FerpipeError(f"{what} {path} is corrupt or not a torch checkpoint ({_first_line(exc)}); "
+                               f"delete it, or rerun the stage that writes it") from None
+        raise FerpipeError(f"{what} {path} was refused: loading it would call {wanted.group(1)}, which is "
+                           f"neither a tensor nor plain data. ferpipe loads checkpoints with "
+                           f"torch.load(weights_only=True) and never runs code from one; use a checkpoint "
+                           f"ferpipe wrote") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError,
+            ImportError, TypeError, KeyError, IndexError) as exc:
+        raise FerpipeError(f"{what} {path} is truncated or not a torch checkpoint ({_first_line(exc)}); "
+                           f"delete it, or rerun the stage that writes it") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
+
+
 def load(path: str | os.PathLike, map_location="cpu") -> dict[str, Any]:
     path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except FileNotFoundError:
-        raise FerpipeError(f"no checkpoint at {path}") from None
+    ckpt = read_weights_only(path, "training checkpoint", map_location=map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise FerpipeError(f"{path} is not a ferpipe training checkpoint (format {FORMAT!r})")
     if not ckpt.get("label_space"):

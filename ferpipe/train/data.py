@@ -54,6 +54,7 @@ import functools
 import io
 import json
 import math
+import os
 import tarfile
 import zlib
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ from PIL import Image
 
 from ferpipe import shards as _shards
 from ferpipe.errors import DataError
+from ferpipe.orphans import exit_with
 
 # --- named constants (the release's values) ---------------------------------------------------
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -594,9 +596,11 @@ def make_loader(pipeline: wds.DataPipeline, num_workers: int, *, nbatches: int |
     # forkserver, not fork: a training process often runs threads already (Prefect's engine and
     # its ephemeral API server, DVCLive); forking a threaded process killed workers on start.
     context = WORKER_START_METHOD if num_workers > 0 else None
+    # A forkserver's workers are not our children, so torch's parent watchdog cannot see us die.
+    init = functools.partial(exit_with, os.getpid()) if num_workers > 0 else None
     loader = wds.WebLoader(pipeline, batch_size=None, shuffle=False, num_workers=num_workers,
                            pin_memory=pin_memory, persistent_workers=False, generator=generator,
-                           multiprocessing_context=context)
+                           multiprocessing_context=context, worker_init_fn=init)
     if nbatches is not None:
         loader = loader.with_epoch(nbatches)
     return loader

@@ -124,7 +124,10 @@ def build_model(cfg: TrainConfig, shards: D.ShardSet, seed: int) -> tuple[nn.Mod
     # Initial weights from the run's seed without touching the caller's global RNG.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = create_model(cfg.model, **kwargs)
+        try:
+            model = create_model(cfg.model, **kwargs)
+        except (TypeError, ValueError) as exc:  # an unknown or ill-typed keyword from params
+            raise ConfigError(f"train.model_kwargs: create_model({cfg.model!r}, ...) refused {kwargs}: {exc}") from None
     return model, kwargs
 
 

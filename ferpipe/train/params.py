@@ -18,7 +18,7 @@ class TrainParams(StrictModel):
     """Training of one model on one dataset's priors shards (see :mod:`ferpipe.train.stage`)."""
 
     # data/priors/<dataset> -> models/train/<dataset>; None: download.dataset, like every stage.
-    dataset: str | None = None
+    dataset: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_-]*$")  # a name, never a path
     # The method: a create_model name (orsanet, ran, dacl, ada_df, mfer, resnet18, ir50_baseline).
     # Its recipe is train.preset, or ``<model>-cpu`` when preset is null.
     model: str = "orsanet"
@@ -50,7 +50,7 @@ class TrainParams(StrictModel):
     loss_kwargs: dict[str, Any] = {}                      # extra criterion kwargs, merged over the preset's
 
     # Run settings (never change the result, except seed / amp / channels_last / compile).
-    seed: int = 123
+    seed: int = Field(123, ge=0)
     num_workers: int = Field(2, ge=0)
     shuffle_buffer: int = Field(1000, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"

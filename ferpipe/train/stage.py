@@ -63,13 +63,6 @@ class TrainReport:
                 "metrics": self.metrics, "config": self.config, "reports": self.reports}
 
 
-def _path(root: Path, p: str | None, default: Path) -> Path:
-    if p is None:
-        return default
-    p = Path(p)
-    return p if p.is_absolute() else root / p
-
-
 class _LiveLogger:
     """Per-epoch DVCLive metrics (train loss, val acc/F1/loss, lr) and step."""
 
@@ -146,8 +139,8 @@ def train_stage(params: TrainParams, layout: Layout, callbacks: Sequence[EpochCa
         raise ConfigError("train.dataset is unset: resolve it with train_params_for(params), "
                           "which defaults it to download.dataset")
     root = layout.root
-    shards_dir = _path(root, params.shards_dir, layout.shards("priors", params.dataset))
-    model_dir = _path(root, params.model_dir, layout.models / "train" / params.dataset)
+    shards_dir = layout.param_path("train.shards_dir", params.shards_dir, layout.shards("priors", params.dataset))
+    model_dir = layout.param_path("train.model_dir", params.model_dir, layout.models / "train" / params.dataset)
     report_dir = layout.reports / "train"
     cfg: TrainConfig = resolve(params)
     shards = D.probe_shards(shards_dir)

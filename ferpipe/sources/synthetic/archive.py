@@ -147,15 +147,20 @@ def _render_one(job):
 
 
 def _zip_write(path: Path, members: dict[str, bytes]) -> None:
-    tmp = path.with_suffix(path.suffix + ".partial")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
-        for name in sorted(members):
-            zi = zipfile.ZipInfo(name, date_time=FIXED_ZIP_DATE)
-            zi.compress_type = zipfile.ZIP_STORED
-            zi.create_system = 3
-            zi.external_attr = 0o644 << 16
-            zf.writestr(zi, members[name])
-    tmp.replace(path)
+    from ferpipe.tempfiles import private_sibling  # noqa: PLC0415
+
+    tmp = private_sibling(path, kind="file")  # two renders of one archive never share a temp file
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+            for name in sorted(members):
+                zi = zipfile.ZipInfo(name, date_time=FIXED_ZIP_DATE)
+                zi.compress_type = zipfile.ZIP_STORED
+                zi.create_system = 3
+                zi.external_attr = 0o644 << 16
+                zf.writestr(zi, members[name])
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def render_archive(
