@@ -46,8 +46,11 @@ def _runner(stage: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), name)
 
 
-def run_pipeline(params: Params, root: str | Path = ".", stages: Sequence[str] | None = None) -> PipelineReport:
+def run_pipeline(params: Params, root: str | Path = ".", stages: Sequence[str] | None = None,
+                 declared: Params | None = None, overwrite: bool = False) -> PipelineReport:
+    """``declared``/``overwrite``: passed to the train stage (see ferpipe.train.stage.check_replacement)."""
     report = PipelineReport()
     for stage in select_stages(stages):
-        report.reports[stage] = _runner(stage)(params, root=Path(root))
+        extra = {"declared": declared, "overwrite": overwrite} if stage == "train" else {}
+        report.reports[stage] = _runner(stage)(params, root=Path(root), **extra)
     return report

@@ -12,7 +12,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from ferpipe.pipeline import STAGES, PipelineReport, select_stages
-from flows._common import params_for, with_task_runner
+from flows._common import params_for, stage_run_name, with_task_runner
 from flows.align import align_flow
 from flows.download import download_flow
 from flows.evaluate import evaluate_flow
@@ -27,15 +27,17 @@ STAGE_FLOWS = {"download": download_flow, "align": align_flow, "prior-nets": pri
 assert tuple(STAGE_FLOWS) == STAGES
 
 
-@flow(name="pipeline", log_prints=True)
+@flow(name="pipeline", flow_run_name=stage_run_name("pipeline"), log_prints=True)
 def pipeline_flow(params_path: str = "params.yaml", overrides: list[str] | None = None, root: str = ".",
-                  stages: list[str] | None = None) -> PipelineReport:
+                  stages: list[str] | None = None, overwrite: bool = False) -> PipelineReport:
     params = params_for(params_path, overrides)  # an invalid value fails here, before any stage starts
     logger = get_run_logger()
     report = PipelineReport()
     for stage in select_stages(stages):
         logger.info("stage %s", stage)
         stage_flow = with_task_runner(STAGE_FLOWS[stage], params)
-        report.reports[stage] = stage_flow(params_path=params_path, overrides=list(overrides or []), root=root)
+        extra = {"overwrite": overwrite} if stage == "train" else {}  # see train_flow
+        report.reports[stage] = stage_flow(params_path=params_path, overrides=list(overrides or []), root=root,
+                                           **extra)
     logger.info("pipeline done: %s", ", ".join(report.reports))
     return report

@@ -20,7 +20,7 @@ from ferpipe.priors.stage import (
     priors_gallery,
     priors_shard,
 )
-from flows._common import artifact_key, markdown_table, params_for, run_shard
+from flows._common import artifact_key, markdown_table, params_for, run_shard, stage_run_name
 
 STATS_COLUMNS = ["shard", "split", "items", "written", "skipped", "seconds", "items_per_second",
                  "bytes", "resumed", "sha256"]
@@ -47,7 +47,8 @@ def _prior_description(out_dir: Path, plans) -> dict:
 
 # One shard at a time on one machine (a shard already uses every core through torch); a
 # Dask/Ray task runner passed by a deployment runs shards in parallel instead.
-@flow(name="priors", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
+@flow(name="priors", flow_run_name=stage_run_name("priors"), log_prints=True,
+      task_runner=ThreadPoolTaskRunner(max_workers=1))
 def priors_flow(params_path: str = "params.yaml", overrides: list[str] | None = None,
                 root: str = ".") -> PriorsReport:
     t0 = time.perf_counter()
