@@ -193,6 +193,8 @@ def pipeline_repro(force: bool = False, targets: list[str] | None = None, projec
     conflict on DVC's lock.
     """
     root = _project(project_dir)
+    annotate_current_run(tags=["ferpipe", "dvc-repro"],
+                         name=f"{PIPELINE_DEPLOYMENT} · dvc repro" + (f" {' '.join(targets)}" if targets else ""))
     cmd = [_dvc(), "repro", *(["--force"] if force else []), *(targets or [])]
     run_logged(cmd, root)
     return {"command": cmd, "project_dir": str(root)}
