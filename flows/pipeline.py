@@ -36,7 +36,7 @@ def pipeline_flow(params_path: str = "params.yaml", overrides: list[str] | None 
     for stage in select_stages(stages):
         logger.info("stage %s", stage)
         stage_flow = with_task_runner(STAGE_FLOWS[stage], params)
-        extra = {"overwrite": overwrite} if stage == "train" else {}  # see train_flow
+        extra = {"overwrite": True} if stage == "train" and overwrite else {}  # see train_flow
         report.reports[stage] = stage_flow(params_path=params_path, overrides=list(overrides or []), root=root,
                                            **extra)
     logger.info("pipeline done: %s", ", ".join(report.reports))

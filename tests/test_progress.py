@@ -146,3 +146,27 @@ def test_ferpipe_train_on_a_terminal_shows_a_bar_before_the_first_step(tmp_path)
     assert (root / "models" / "train" / "tiny" / "best.pt").exists()
     if os.environ.get("FERPIPE_SHOW_TTY"):
         sys.stderr.write(text)
+
+
+def test_prefect_progress_artifact_moves_within_the_epoch(monkeypatch):
+    import flows.train as ft
+
+    calls = []
+    monkeypatch.setattr(ft, "create_progress_artifact",
+                        lambda progress, key, description: calls.append(("create", progress, key, description)) or "id1")
+    monkeypatch.setattr(ft, "update_progress_artifact",
+                        lambda artifact_id, progress, description: calls.append(("update", progress, artifact_id,
+                                                                                 description)))
+    lines = []
+    art = ft.ProgressArtifact("mini", lines.append)
+    clock = Clock()
+    p = EpochProgress(1, 2, steps=4, bar=False, log_every_s=1e9, callbacks=[art.on_step], callback_every_s=0,
+                      clock=clock)
+    for i in range(2):
+        clock.t += 1.0
+        p.update(8, 8.0 * (i + 1))
+    art.on_epoch({"epoch": 1, "epochs": 2, "train_loss": 1.0, "val_acc": 0.5, "best_val_acc": 0.5, "best_epoch": 1})
+    assert [c[:3] for c in calls] == [("create", 12.5, "train-mini-progress"), ("update", 25.0, "id1"),
+                                      ("update", 50.0, "id1")]
+    assert "step 2/4" in calls[1][3] and "steps/s" in calls[1][3] and "ETA" in calls[1][3]
+    assert lines[1] == calls[1][3]  # the same line goes to the run's log
