@@ -25,16 +25,15 @@ stage flows that ``dvc exp run`` triggers appear beside it as separate flow runs
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-from collections import deque
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from ferpipe.experiments import exp_run_command, format_value, show_experiments  # noqa: F401  (re-exported)
+from ferpipe.experiments import (  # noqa: F401  (exp_run_command, format_value: re-exported)
+    dvc_executable, exp_run_command, format_value, run_streaming, show_experiments)
 from flows._common import (LAUNCHED_BY_ENV, LAUNCHED_BY_ID_ENV, annotate_current_run, hyperparameter_tags,
                            markdown_table)
 
@@ -53,9 +52,7 @@ def _bin_dir() -> Path:
     return Path(sys.executable).parent
 
 
-def _dvc() -> str:
-    local = _bin_dir() / "dvc"
-    return str(local) if local.exists() else "dvc"
+_dvc = dvc_executable
 
 
 def child_env() -> dict[str, str]:
@@ -83,17 +80,7 @@ def run_logged(cmd: Sequence[str], cwd: str | Path, tail_lines: int = 40) -> str
     """Run ``cmd``, streaming its output into the flow run's log; raise with the tail on failure."""
     logger = get_run_logger()
     logger.info("$ %s  (in %s)", " ".join(cmd), cwd)
-    tail: deque[str] = deque(maxlen=tail_lines)
-    proc = subprocess.Popen(list(cmd), cwd=str(cwd), env=child_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, bufsize=1)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip()
-        tail.append(line)
-        logger.info(line)
-    if proc.wait() != 0:
-        raise RuntimeError(f"`{' '.join(cmd)}` exited with {proc.returncode}:\n" + "\n".join(tail))
-    return "\n".join(tail)
+    return run_streaming(cmd, cwd, env=child_env(), on_line=logger.info, tail_lines=tail_lines)
 
 
 def _project(project_dir: str) -> Path:
