@@ -12,6 +12,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from ferpipe.pipeline import STAGES, PipelineReport, select_stages
+from ferpipe.train.stage import check_pipeline_replacement
 from flows._common import params_for, stage_run_name, with_task_runner
 from flows.align import align_flow
 from flows.download import download_flow
@@ -33,7 +34,10 @@ def pipeline_flow(params_path: str = "params.yaml", overrides: list[str] | None 
     params = params_for(params_path, overrides)  # an invalid value fails here, before any stage starts
     logger = get_run_logger()
     report = PipelineReport()
-    for stage in select_stages(stages):
+    selected = select_stages(stages)
+    if "train" in selected and overrides and not overwrite:  # refuse before the first stage, not at train
+        check_pipeline_replacement(params, params_for(params_path, None), root)
+    for stage in selected:
         logger.info("stage %s", stage)
         stage_flow = with_task_runner(STAGE_FLOWS[stage], params)
         extra = {"overwrite": True} if stage == "train" and overwrite else {}  # see train_flow

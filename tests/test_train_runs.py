@@ -110,5 +110,10 @@ def test_ferpipe_train_with_other_params_is_refused_with_exit_2(project, capsys)
                  "-S", "train.num_workers=0"])
     err = capsys.readouterr().err
     assert code == 2 and "dvc exp run --temp -S train.epochs=3" in err and "--overwrite" in err
+    # the whole pipeline: refused before its first stage runs
+    code = main(["pipeline", "--no-flow", "--root", str(project), "--params", str(params), "-S", "train.lr=0.01"])
+    err = capsys.readouterr().err
+    assert code == 2 and "dvc exp run --temp -S train.lr=0.01" in err
+    assert not (project / "data" / "raw").exists() and not (project / "data" / "manifests").exists()
     assert (project / "models/train/tiny/best.pt").read_bytes() == b"params.yaml's model"
     assert (project / "reports/train/metrics.json").read_text() == "{}"

@@ -287,6 +287,12 @@ def train_params_for(params) -> TrainParams:
     return train if train.dataset else train.model_copy(update={"dataset": params.download.dataset})
 
 
+def check_pipeline_replacement(params, declared, root: str | Path = ".") -> None:
+    """:func:`check_replacement` on whole :class:`Params`: a pipeline run checks before its first
+    stage, not after the stages before train have run."""
+    check_replacement(train_params_for(params), train_params_for(declared), Layout(Path(root)))
+
+
 def run_train(params, root: Path = Path("."), declared=None, overwrite: bool = False) -> TrainReport:
     """Entry point for ``ferpipe train --no-flow``: takes the whole :class:`Params` (``declared``:
     params.yaml's, without the run's overrides; see :func:`check_replacement`)."""
