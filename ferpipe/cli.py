@@ -83,6 +83,37 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--json", action="store_true", help="print JSON instead of text")
     weights.add_argument("--no-sha256", action="store_true", help="skip hashing present files (faster)")
     _add_predict_export(sub)
+
+    # A run whose -S overrides change what train computes never replaces the workspace's model
+    # and reports silently: refused unless --overwrite (dvc repro / dvc exp run need no flag).
+    for name in ("train", "pipeline"):
+        sub.choices[name].add_argument(
+            "--overwrite", action="store_true",
+            help="replace models/train/<dataset> and reports/train even though -S changes the training run "
+                 "(without it such a run is refused; run it as `dvc exp run --temp -S ...` instead)")
+
+    seeds = sub.add_parser("seeds", help="run N seeds of a configuration as DVC experiments (dvc exp run --temp) "
+                                         "and tabulate mean ± sd and 95%% intervals; --compare: paired over seeds")
+    seeds.add_argument("-n", type=int, help="number of seeds: 0..N-1")
+    seeds.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], metavar="S,S,...",
+                       help="the seeds, instead of -n")
+    seeds.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="an override of the configuration (A), as `dvc exp run -S` (repeatable)")
+    seeds.add_argument("--compare", action="append", default=[], metavar="KEY=VALUE",
+                       help="configuration B = A's overrides plus these (repeatable): B is run over the same "
+                            "seeds and compared with A, paired")
+    seeds.add_argument("--name", default="", help="experiment name prefix of A (default: seeds-<hash of -S>)")
+    seeds.add_argument("--compare-name", default="", help="experiment name prefix of B")
+    seeds.add_argument("--seed-key", default="train.seed", help="the param the seed sets (default: train.seed)")
+    seeds.add_argument("--metrics-file", default="reports/metrics.json",
+                       help="the metrics file read from each experiment (default: reports/metrics.json)")
+    seeds.add_argument("--metric", action="append", default=[], metavar="GLOB",
+                       help="metrics to tabulate, e.g. 'clean.*' (default: every varying metric at most two "
+                            "levels deep, e.g. clean.accuracy)")
+    seeds.add_argument("--out", default="reports/seeds", help="where the .md and .json tables go")
+    seeds.add_argument("--rerun", action="store_true",
+                       help="run every experiment again (default: reuse those `dvc exp show` lists by name)")
+    seeds.add_argument("--root", default=".", help="project root holding dvc.yaml (default: .)")
     return parser
 
 
@@ -170,14 +201,60 @@ def _run_stage(args: argparse.Namespace) -> int:
     params = load_params(args.params, args.overrides)  # validate before anything starts
     flow_module, flow_name, runner = _STAGES[args.command]
     with project_lock(Path(args.root), args.command, wait_s=args.wait):  # one run per project at a time
+        guard = {"overwrite": args.overwrite} if hasattr(args, "overwrite") else {}
         if args.no_flow:
-            result = _resolve(runner)(params, root=Path(args.root))
+            if guard:
+                guard["declared"] = load_params(args.params)  # params.yaml without -S: the workspace's run
+            _log_to_stderr()
+            result = _resolve(runner)(params, root=Path(args.root), **guard)
         else:
             flow = getattr(importlib.import_module(flow_module), flow_name)
-            flow = importlib.import_module("flows._common").with_task_runner(flow, params)  # flows.task_runner
-            result = flow(params_path=args.params, overrides=list(args.overrides), root=args.root)
+            # flows.task_runner, the run's tags (stage, dataset, experiment)
+            result = importlib.import_module("flows._common").run_stage_flow(
+                args.command, flow, params, params_path=args.params, overrides=list(args.overrides), root=args.root,
+                **guard)
     summary = getattr(result, "summary", None)
     print(summary() if callable(summary) else result)
+    return 0
+
+
+def _log_to_stderr() -> None:
+    # Without Prefect nothing shows ferpipe's INFO lines (epoch lines, progress in logs).
+    import logging
+
+    logger = logging.getLogger("ferpipe")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def _run_seeds(args: argparse.Namespace) -> int:
+    import shlex
+
+    from ferpipe import seeds as S
+
+    root = Path(args.root)
+    seeds = S.seed_list(args.n, args.seeds)
+    configs = [S.Config(list(args.overrides), args.name)]
+    if args.compare:
+        configs.append(S.Config(list(args.overrides) + list(args.compare), args.compare_name))
+    S.run_seeds(root, configs, seeds, seed_key=args.seed_key, metrics_file=args.metrics_file, rerun=args.rerun)
+    table = S.seed_table(configs, seeds, args.metric, seed_key=args.seed_key, metrics_file=args.metrics_file)
+    stem = configs[0].name if len(configs) == 1 else f"{configs[0].name}-vs-{configs[1].name}"
+    parts = ["ferpipe", "seeds", *(["--seeds", ",".join(map(str, args.seeds))] if args.seeds else ["-n", str(args.n)])]
+    parts += [x for o in args.overrides for x in ("-S", o)] + [x for o in args.compare for x in ("--compare", o)]
+    parts += [x for m in args.metric for x in ("--metric", m)]
+    for flag, value, default in (("--name", args.name, ""), ("--compare-name", args.compare_name, ""),
+                                 ("--seed-key", args.seed_key, "train.seed"),
+                                 ("--metrics-file", args.metrics_file, "reports/metrics.json"),
+                                 ("--out", args.out, "reports/seeds")):
+        parts += [flag, value] if value != default else []
+    command = " ".join(shlex.quote(p) for p in parts)
+    md, js = S.write_tables(table, root / args.out, stem, command)
+    print(md.read_text())
+    print(f"ferpipe seeds: wrote {md} and {js}")
     return 0
 
 
@@ -227,6 +304,8 @@ def _run_serve(args: argparse.Namespace) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "synth":
         return _run_synth(args)
+    if args.command == "seeds":
+        return _run_seeds(args)
     if args.command == "serve":
         return _run_serve(args)
     if args.command == "predict":

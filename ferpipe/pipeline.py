@@ -38,8 +38,16 @@ class PipelineReport:
         return "\n".join(lines)
 
 
-def run_pipeline(params: Params, root: str | Path = ".", stages: Sequence[str] | None = None) -> PipelineReport:
+def run_pipeline(params: Params, root: str | Path = ".", stages: Sequence[str] | None = None,
+                 declared: Params | None = None, overwrite: bool = False) -> PipelineReport:
+    """``declared``/``overwrite``: passed to the train stage (see ferpipe.train.stage.check_replacement)."""
     report = PipelineReport()
-    for stage in select_stages(stages):
-        report.reports[stage] = get_stage(stage).load_runner()(params, root=Path(root))
+    selected = select_stages(stages)
+    if "train" in selected and declared is not None and not overwrite:
+        from ferpipe.train.stage import check_pipeline_replacement  # noqa: PLC0415
+
+        check_pipeline_replacement(params, declared, root)
+    for stage in selected:
+        extra = {"declared": declared, "overwrite": overwrite} if stage == "train" else {}
+        report.reports[stage] = get_stage(stage).load_runner()(params, root=Path(root), **extra)
     return report

@@ -20,7 +20,8 @@ from ferpipe.align.stage import (
     write_report,
 )
 from ferpipe.layout import Layout
-from flows._common import artifact_key, markdown_table, params_for, run_shard, shard_stats_rows
+from flows._common import (artifact_key, markdown_table, params_for, run_shard, shard_stats_rows,
+                           stage_run_name)
 
 GALLERY_LIMIT = 48  # thumbnails inlined in the failure gallery (each ~3 KB of base64)
 
@@ -30,7 +31,7 @@ def align_shard_task(spec, raw_root: str, out_dir: str, params, label_space) -> 
     return run_shard(align_shard, spec, raw_root, out_dir, params, label_space)
 
 
-@flow(name="align", log_prints=True)
+@flow(name="align", flow_run_name=stage_run_name("align"), log_prints=True)
 def align_flow(params_path: str = "params.yaml", overrides: list[str] | None = None,
                root: str = ".") -> AlignReport:
     params = params_for(params_path, overrides)

@@ -1,9 +1,15 @@
 """Deployments served by ``ferpipe serve``: runs you start from the Prefect UI or CLI, recorded by DVC.
 
 - ``train/train-orsanet``: the ORSANet training recipe. Its parameters (lr, epochs, batch_size,
-  preset, ...) become ``dvc exp run -S train.<key>=<value>`` in the project root, so the run is a
-  DVC experiment (``dvc exp show`` lists it) and the stages it reruns (``ferpipe <stage>`` in
-  dvc.yaml) report to the same Prefect server as their own flow runs.
+  preset, ...) become ``dvc exp run --temp -S train.<key>=<value>`` in the project root: the run is
+  a DVC experiment (``dvc exp show`` lists it, with the hyperparameters after the preset is
+  resolved from reports/train/params.yaml) made in a temporary copy of the project, so
+  params.yaml, dvc.lock and the workspace's models and reports stay exactly as they were
+  (``dvc exp apply <name>`` brings a run into the workspace). The stages it reruns
+  (``ferpipe <stage>`` in dvc.yaml) report to the same Prefect server as their own flow runs,
+  named ``<stage> · <dataset> · exp <name>`` and tagged ``launched-by:<this run>``. This run is
+  renamed ``train-orsanet · <dataset> · exp <name>``; its parameters and tags are filled with the
+  resolved hyperparameters.
 - ``pipeline/repro``: ``dvc repro`` of the whole pipeline (or of ``targets``).
 
 Runs are serialised: every deployment has a concurrency limit of 1 and ``ferpipe serve`` runs one
@@ -18,16 +24,18 @@ stage flows that ``dvc exp run`` triggers appear beside it as separate flow runs
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
-from collections import deque
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+
+from ferpipe.experiments import (  # noqa: F401  (exp_run_command, format_value: re-exported)
+    dvc_executable, exp_run_command, format_value, run_streaming, show_experiments)
+from flows._common import (LAUNCHED_BY_ENV, LAUNCHED_BY_ID_ENV, annotate_current_run, hyperparameter_tags,
+                           markdown_table)
 
 TRAIN_DEPLOYMENT = "train-orsanet"
 PIPELINE_DEPLOYMENT = "repro"
@@ -35,40 +43,16 @@ SERIAL_NOTE = ("runs are serialised (deployment concurrency limit 1, one run at 
                "two `dvc exp run` / `dvc repro` in one workspace would conflict on DVC's lock")
 
 
-def format_value(value: Any) -> str:
-    """A value as ``-S`` text that both DVC (Hydra grammar) and ferpipe (YAML) read back as itself."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        text = repr(value)
-        mantissa, e, exp = text.partition("e")
-        return f"{mantissa}.0e{exp}" if e and "." not in mantissa else text  # 1e-05 → 1.0e-05 (YAML 1.1)
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(format_value(v) for v in value) + "]"
-    return str(value)
-
-
 def train_overrides(**train: Any) -> list[str]:
     """``train.<key>=<value>`` for every key given a value; None keeps params.yaml's."""
     return [f"train.{k}={format_value(v)}" for k, v in train.items() if v is not None]
-
-
-def exp_run_command(overrides: Sequence[str], name: str | None = None, dvc: str = "dvc") -> list[str]:
-    cmd = [dvc, "exp", "run"]
-    for item in overrides:
-        cmd += ["-S", item]
-    return cmd + (["-n", name] if name else [])
 
 
 def _bin_dir() -> Path:
     return Path(sys.executable).parent
 
 
-def _dvc() -> str:
-    local = _bin_dir() / "dvc"
-    return str(local) if local.exists() else "dvc"
+_dvc = dvc_executable
 
 
 def child_env() -> dict[str, str]:
@@ -85,6 +69,10 @@ def child_env() -> dict[str, str]:
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env.setdefault("DO_NOT_TRACK", "1")
     env.setdefault("DVC_NO_ANALYTICS", "1")
+    from prefect.runtime import flow_run
+
+    if flow_run.id:  # the stage runs this command starts are tagged with it (see flows._common.run_tags)
+        env[LAUNCHED_BY_ENV], env[LAUNCHED_BY_ID_ENV] = str(flow_run.name), str(flow_run.id)
     return env
 
 
@@ -92,17 +80,7 @@ def run_logged(cmd: Sequence[str], cwd: str | Path, tail_lines: int = 40) -> str
     """Run ``cmd``, streaming its output into the flow run's log; raise with the tail on failure."""
     logger = get_run_logger()
     logger.info("$ %s  (in %s)", " ".join(cmd), cwd)
-    tail: deque[str] = deque(maxlen=tail_lines)
-    proc = subprocess.Popen(list(cmd), cwd=str(cwd), env=child_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, bufsize=1)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip()
-        tail.append(line)
-        logger.info(line)
-    if proc.wait() != 0:
-        raise RuntimeError(f"`{' '.join(cmd)}` exited with {proc.returncode}:\n" + "\n".join(tail))
-    return "\n".join(tail)
+    return run_streaming(cmd, cwd, env=child_env(), on_line=logger.info, tail_lines=tail_lines)
 
 
 def _project(project_dir: str) -> Path:
@@ -112,20 +90,33 @@ def _project(project_dir: str) -> Path:
     return root
 
 
-def _metrics_markdown(root: Path) -> str:
+def _experiment_markdown(root: Path, name: str) -> str:
+    """The experiment's metrics as ``dvc exp show`` lists them (the workspace's are not the run's)."""
+    try:
+        exp = show_experiments(root, env=child_env()).get(name)
+    except Exception as exc:  # noqa: BLE001 - the run is done; a listing failure only thins the artifact
+        return f"\n\n(`dvc exp show` failed: {exc})"
+    if exp is None:
+        return ""
     lines = []
-    for rel in ("reports/train/metrics.json", "reports/metrics.json"):
-        path = root / rel
-        if path.exists():
-            try:
-                data = json.loads(path.read_text())
-            except ValueError:
-                continue
-            flat = {k: v for k, v in data.items() if isinstance(v, (int, float, str))}
-            if flat:
-                lines += ["", f"`{rel}`", "", "| metric | value |", "|---|---|"]
-                lines += [f"| {k} | {v} |" for k, v in flat.items()]
+    for rel, data in exp["metrics"].items():
+        flat = {k: v for k, v in (data or {}).items() if isinstance(v, (int, float, str))}
+        if flat:
+            lines += ["", f"`{rel}`", "", markdown_table([{"metric": k, "value": v} for k, v in flat.items()],
+                                                          ["metric", "value"])]
     return "\n".join(lines)
+
+
+def resolved_hyperparameters(root: Path, overrides: Sequence[str]) -> dict[str, Any]:
+    """The train config the experiment will run, presets resolved (what reports/train/params.yaml records)."""
+    import json
+
+    from ferpipe.config import load_params
+    from ferpipe.train.presets import resolve
+    from ferpipe.train.stage import train_params_for
+
+    train = train_params_for(load_params(root / "params.yaml", list(overrides)))  # a wrong value fails here
+    return json.loads(json.dumps({"dataset": train.dataset, **resolve(train).to_dict()}))
 
 
 @flow(name="train", log_prints=True)
@@ -154,22 +145,31 @@ def train_orsanet(
     """
     from prefect.runtime import flow_run
 
-    from ferpipe.config import load_params
-
     root = _project(project_dir)
     overrides = train_overrides(lr=lr, epochs=epochs, batch_size=batch_size, preset=preset, optimizer=optimizer,
                                 weight_decay=weight_decay, scheduler=scheduler, loss=loss, seed=seed,
                                 device=device, max_steps_per_epoch=max_steps_per_epoch) + list(set_params or [])
-    load_params(root / "params.yaml", overrides)  # a wrong value fails here, before any stage runs
+    resolved = resolved_hyperparameters(root, overrides)  # a wrong value fails here, before any stage runs
     name = experiment_name or (f"pf-{flow_run.name}" if flow_run.name else None)
-    cmd = exp_run_command(overrides, name=name, dvc=_dvc())
+    # The run shows what it trains: its parameters filled with the resolved values, tags to search by.
+    given = {"lr": lr, "epochs": epochs, "batch_size": batch_size, "preset": preset, "optimizer": optimizer,
+             "weight_decay": weight_decay, "scheduler": scheduler, "loss": loss, "seed": seed,
+             "max_steps_per_epoch": max_steps_per_epoch}
+    annotate_current_run(
+        tags=["ferpipe", f"exp:{name}", f"dataset:{resolved['dataset']}", *hyperparameter_tags(resolved)],
+        parameters={**{k: resolved.get(k) if v is None else v for k, v in given.items()}, "experiment_name": name},
+        name=f"{TRAIN_DEPLOYMENT} · {resolved['dataset']} · exp {name}")
+    cmd = exp_run_command(overrides, name=name, dvc=_dvc(), temp=True)
     run_logged(cmd, root)
     create_markdown_artifact(
         key="train-orsanet-experiment",
-        markdown="\n".join([f"# DVC experiment `{name}`", "", "```", " ".join(["dvc", *cmd[1:]]), "```",
-                            "", "`dvc exp show` lists it." + _metrics_markdown(root)]),
-        description=f"dvc exp run {name}")
-    return {"experiment": name, "command": cmd, "project_dir": str(root)}
+        markdown="\n".join([f"# DVC experiment `{name}`", "", "```", " ".join(["dvc", *cmd[1:]]), "```", "",
+                            "`dvc exp show` lists it; `dvc exp apply " + str(name) + "` brings it into the workspace.",
+                            "", "Hyperparameters (preset resolved):", "",
+                            markdown_table([{"key": k, "value": v} for k, v in resolved.items()], ["key", "value"])]
+                           ) + _experiment_markdown(root, name),
+        description=f"dvc exp run --temp {name}")
+    return {"experiment": name, "command": cmd, "project_dir": str(root), "hyperparameters": resolved}
 
 
 @flow(name="pipeline", log_prints=True)
@@ -180,6 +180,8 @@ def pipeline_repro(force: bool = False, targets: list[str] | None = None, projec
     conflict on DVC's lock.
     """
     root = _project(project_dir)
+    annotate_current_run(tags=["ferpipe", "dvc-repro"],
+                         name=f"{PIPELINE_DEPLOYMENT} · dvc repro" + (f" {' '.join(targets)}" if targets else ""))
     cmd = [_dvc(), "repro", *(["--force"] if force else []), *(targets or [])]
     run_logged(cmd, root)
     return {"command": cmd, "project_dir": str(root)}

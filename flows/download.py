@@ -9,12 +9,12 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from ferpipe.layout import Layout
 from ferpipe.sources.download import DownloadReport, download_stage
-from flows._common import artifact_key, markdown_table, params_for
+from flows._common import artifact_key, markdown_table, params_for, stage_run_name
 
 MAX_LISTED = 500  # a rejected list longer than this is truncated in the UI (the JSON report has all)
 
 
-@flow(name="download", log_prints=True)
+@flow(name="download", flow_run_name=stage_run_name("download"), log_prints=True)
 def download_flow(params_path: str = "params.yaml", overrides: list[str] | None = None,
                   root: str = ".") -> DownloadReport:
     params = params_for(params_path, overrides)

@@ -10,10 +10,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from ferpipe.evaluate.plots import png_data_uri
 from ferpipe.evaluate.stage import EvaluateReport, run_evaluate
-from flows._common import artifact_key, markdown_table, params_for
+from flows._common import artifact_key, markdown_table, params_for, stage_run_name
 
 
-@flow(name="evaluate", log_prints=True)
+@flow(name="evaluate", flow_run_name=stage_run_name("evaluate"), log_prints=True)
 def evaluate_flow(params_path: str = "params.yaml", overrides: list[str] | None = None,
                   root: str = ".") -> EvaluateReport:
     params = params_for(params_path, overrides)

@@ -22,7 +22,7 @@ from ferpipe.occlusion.synthetic import (
     occlusion_shard,
     plan_occlusion,
 )
-from flows._common import artifact_key, markdown_table, params_for, run_shard
+from flows._common import artifact_key, markdown_table, params_for, run_shard, stage_run_name
 
 STATS_COLUMNS = ["shard", "items", "written", "skipped", "seconds", "items_per_second", "bytes", "resumed"]
 
@@ -34,7 +34,8 @@ def occlusion_shard_task(spec: shards.ShardSpec, source_dir: str, out_dir: str, 
 
 
 # One shard at a time by default (the prior backend uses every core through torch).
-@flow(name="occlusion", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
+@flow(name="occlusion", flow_run_name=stage_run_name("occlusion"), log_prints=True,
+      task_runner=ThreadPoolTaskRunner(max_workers=1))
 def occlusion_flow(params_path: str = "params.yaml", overrides: list[str] | None = None,
                    root: str = ".") -> OcclusionReport:
     t0 = time.perf_counter()

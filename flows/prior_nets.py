@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from ferpipe.layout import Layout
 from ferpipe.priors.params import PriorNetsParams
 from ferpipe.priors.training import PriorNetsReport, prior_nets_stage
-from flows._common import artifact_key, markdown_table
+from flows._common import artifact_key, markdown_table, stage_run_name
 
 
 @task(retries=1, retry_delay_seconds=5)
@@ -20,7 +20,7 @@ def train_prior_nets_task(params: PriorNetsParams, out_dir: str, root: str) -> P
     return prior_nets_stage(params, out_dir, root=root, log=logger.info)
 
 
-@flow(name="prior-nets", log_prints=True)
+@flow(name="prior-nets", flow_run_name=stage_run_name("prior-nets"), log_prints=True)
 def prior_nets_flow(params_path: str = "params.yaml", overrides: list[str] | None = None,
                     root: str = ".") -> PriorNetsReport:
     from flows._common import params_for  # noqa: PLC0415

@@ -22,7 +22,7 @@ from ferpipe.priors.stage import (
     priors_gallery,
     priors_shard,
 )
-from flows._common import artifact_key, markdown_table, params_for, run_shard
+from flows._common import artifact_key, markdown_table, params_for, run_shard, stage_run_name
 
 @task(retries=2, retry_delay_seconds=5, task_run_name="priors-{spec.split}-{spec.index}")
 def priors_shard_task(spec: shards.ShardSpec, aligned_dir: str, out_dir: str, params: PriorsParams,
@@ -32,7 +32,8 @@ def priors_shard_task(spec: shards.ShardSpec, aligned_dir: str, out_dir: str, pa
 
 # One shard at a time on one machine (a shard already uses every core through torch); a
 # Dask/Ray task runner passed by a deployment runs shards in parallel instead.
-@flow(name="priors", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
+@flow(name="priors", flow_run_name=stage_run_name("priors"), log_prints=True,
+      task_runner=ThreadPoolTaskRunner(max_workers=1))
 def priors_flow(params_path: str = "params.yaml", overrides: list[str] | None = None,
                 root: str = ".") -> PriorsReport:
     t0 = time.perf_counter()

@@ -31,6 +31,7 @@ from . import checkpoint as ckpt_io
 from . import data as D
 from .optim import SAM, build_optimizer, build_scheduler, trainable
 from .presets import RESUME_FREE_FIELDS, TrainConfig, model_kwargs
+from .progress import EpochProgress, StepCallback, steps_per_epoch
 
 log = logging.getLogger(__name__)
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -55,6 +56,12 @@ class RunOptions:
     stop_after_epoch: int | None = None
     callbacks: Sequence[EpochCallback] = ()
     progress: bool = True
+    # Within an epoch (rank 0): a tqdm bar when stderr is a TTY (None: detect; False: never),
+    # else a log line every log_every_s; step_callbacks every step_callback_every_s.
+    progress_bar: bool | None = None
+    log_every_s: float = 30.0
+    step_callbacks: Sequence[StepCallback] = ()
+    step_callback_every_s: float = 10.0
 
 
 @dataclass
@@ -296,6 +303,10 @@ def fit(cfg: TrainConfig, shards: D.ShardSet, model_dir: str | Path, opts: RunOp
         net.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         n_seen = 0
+        samples = (sum(draws.values()) if draws is not None else len(index)) // world
+        progress = _epoch_progress(opts, rank, epoch, cfg.epochs,
+                                   nbatches or steps_per_epoch(samples, cfg.batch_size, cfg.drop_last,
+                                                               cfg.max_steps_per_epoch))
         for step, batch in enumerate(loader, start=1):
             if cfg.max_steps_per_epoch and step > cfg.max_steps_per_epoch:
                 break
@@ -305,8 +316,12 @@ def fit(cfg: TrainConfig, shards: D.ShardSet, model_dir: str | Path, opts: RunOp
                                epoch, step, batch["key"])
             loss_sum += loss.detach().double() * len(y)
             n_seen += len(y)
+            if progress is not None:
+                progress.update(len(y), loss_sum)
             if opts.record_keys:
                 seen.extend(batch["key"])
+        if progress is not None:
+            progress.close()
         scheduler.step()
         criterion.end_epoch(EpochContext(
             epoch=epoch, model=model, device=device, num_classes=num_classes,
@@ -393,6 +408,15 @@ def fit(cfg: TrainConfig, shards: D.ShardSet, model_dir: str | Path, opts: RunOp
                        seconds=time.perf_counter() - t_start, images=images, label_space=shards.label_space,
                        model_kwargs=kwargs, reads=reads, seen_keys=seen, weights_sha256=digest,
                        rank=rank, world=world, num_params=sum(p.numel() for p in model.parameters()))
+
+
+def _epoch_progress(opts: RunOptions, rank: int, epoch: int, epochs: int, steps: int) -> EpochProgress | None:
+    if rank != 0 or not (opts.progress or opts.step_callbacks):
+        return None
+    shown = opts.progress
+    return EpochProgress(epoch, epochs, steps, bar=opts.progress_bar if shown else False,
+                         log_every_s=opts.log_every_s if shown else math.inf, callbacks=opts.step_callbacks,
+                         callback_every_s=opts.step_callback_every_s)
 
 
 def state_digest(model: nn.Module) -> str:

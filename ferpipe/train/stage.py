@@ -8,6 +8,14 @@ Reads ``data/priors/<dataset>`` (or ``train.shards_dir``), writes
 - ``reports/train/curves.png``                         loss / accuracy / lr per epoch (DVC's HTML
                                                       plots need a CDN, so a PNG too)
 - ``reports/train/history.json``                       per-epoch metrics
+- ``reports/train/params.yaml``                        the run's hyperparameters after the preset is
+                                                      resolved (dvc.yaml lists it as a params file,
+                                                      so ``dvc exp show`` shows the values trained with)
+
+A run whose params differ from params.yaml's (``ferpipe train -S train.epochs=1``) does not
+replace the workspace's model and reports: it is refused (see :func:`check_replacement`) unless
+``overwrite`` is given. ``dvc repro`` and ``dvc exp run`` run the stage with params.yaml as it
+stands, so they always may.
 
 Under ``torchrun`` (WORLD_SIZE > 1) the process group is initialised here (nccl on CUDA, gloo
 otherwise); rank 0 alone writes checkpoints and reports.
@@ -26,7 +34,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.distributed as dist
 
-from ferpipe.errors import ConfigError
+from ferpipe.errors import ConfigError, FerpipeError
 from ferpipe.layout import Layout
 from ferpipe.shards import write_json_atomic
 
@@ -36,6 +44,7 @@ from .loop import RunOptions, TrainResult, fit
 from .params import TrainParams
 from .model_card import write_model_card
 from .presets import TrainConfig, resolve
+from .progress import StepCallback
 
 log = logging.getLogger(__name__)
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -129,10 +138,71 @@ def _init_distributed() -> bool:
     return False
 
 
+def _model_dir(params: TrainParams, layout: Layout) -> Path:
+    return layout.param_path("train.model_dir", params.model_dir, layout.models / "train" / params.dataset)
+
+
+def _identity(params: TrainParams, layout: Layout) -> dict[str, Any]:
+    """What a run computes and where it writes: the resolved config, the data and the model dir."""
+    shards = layout.param_path("train.shards_dir", params.shards_dir, layout.shards("priors", params.dataset))
+    return {**resolve(params).to_dict(), "dataset": params.dataset, "shards_dir": str(shards),
+            "model_dir": str(_model_dir(params, layout))}
+
+
+def check_replacement(params: TrainParams, declared: TrainParams, layout: Layout) -> None:
+    """Refuse a run that differs from params.yaml's (``declared``) when it would replace the
+    workspace's trained model or reports, unless the checkpoint there was trained with exactly
+    this run's config (a rerun of the same experiment)."""
+    new, old = _identity(params, layout), _identity(declared, layout)
+    if new == old:
+        return
+    model_dir = _model_dir(params, layout)
+    at_risk = [p for p in (model_dir / "best.pt", model_dir / "last.pt", layout.reports / "train" / "metrics.json")
+               if p.exists()]
+    if not at_risk:
+        return
+    best = model_dir / "best.pt"
+    if best.exists():
+        try:
+            norm = lambda d: json.loads(json.dumps(d))  # noqa: E731  (tuples -> lists)
+            same = norm(ckpt_io.load(best).get("config")) == norm(resolve(params).to_dict())
+        except Exception:  # noqa: BLE001 - an unreadable checkpoint is not this run's
+            same = False
+        if same:
+            return
+    from ferpipe.experiments import format_value
+
+    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(new) | set(old))
+               if new.get(k) != old.get(k)]
+    sets = " ".join(f"-S train.{k}={format_value(v)}" for k, v in params.model_dump(mode="json").items()
+                    if v != declared.model_dump(mode="json").get(k) and k != "dataset")
+    rel = ", ".join(os.path.relpath(p, layout.root) for p in at_risk)
+    raise FerpipeError(
+        f"this run's train config differs from params.yaml's ({'; '.join(changed)}) and would replace "
+        f"{rel}, which params.yaml's run produced. Run it as a DVC experiment, which leaves the workspace "
+        f"as it is and records the run: `dvc exp run --temp {sets}`; or pass --overwrite to replace them.")
+
+
+def write_resolved_params(path: Path, cfg: TrainConfig, params: TrainParams) -> Path:
+    """The hyperparameters the run trained with, presets resolved (a params file for DVC)."""
+    import yaml
+
+    resolved = json.loads(json.dumps({"dataset": params.dataset, **cfg.to_dict()}))  # tuples -> lists
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text("# written by the train stage: train.* after the preset is resolved (do not edit)\n"
+                   + yaml.safe_dump(resolved, sort_keys=True))
+    os.replace(tmp, path)
+    return path
+
+
 def train_stage(params: TrainParams, layout: Layout, callbacks: Sequence[EpochCallback] = (),
-                upstream: Any = None) -> TrainReport:
-    """Train per ``params``; ``callbacks(info)`` run after every epoch on rank 0 (a Prefect flow
-    passes one that updates its progress artifact; the library never imports Prefect).
+                step_callbacks: Sequence[StepCallback] = (), *, declared: TrainParams | None = None,
+                overwrite: bool = False, upstream: Any = None) -> TrainReport:
+    """Train per ``params``; ``callbacks(info)`` run after every epoch on rank 0, ``step_callbacks``
+    every few seconds within one (a Prefect flow passes ones that update its progress artifact; the
+    library never imports Prefect). ``declared``: params.yaml's train section; a run that differs
+    from it is refused when it would replace the workspace's outputs, unless ``overwrite``.
     ``upstream``: the whole :class:`~ferpipe.config.Params`; its ``align`` and ``priors``
     sections are recorded in the checkpoints (``preprocess``) for ``ferpipe predict``."""
     if not params.dataset:
@@ -140,9 +210,11 @@ def train_stage(params: TrainParams, layout: Layout, callbacks: Sequence[EpochCa
                           "which defaults it to download.dataset")
     root = layout.root
     shards_dir = layout.param_path("train.shards_dir", params.shards_dir, layout.shards("priors", params.dataset))
-    model_dir = layout.param_path("train.model_dir", params.model_dir, layout.models / "train" / params.dataset)
+    model_dir = _model_dir(params, layout)
     report_dir = layout.reports / "train"
     cfg: TrainConfig = resolve(params)
+    if declared is not None and not overwrite:
+        check_replacement(params, declared, layout)
     shards = D.probe_shards(shards_dir)
     started_dist = _init_distributed()
     rank = dist.get_rank() if dist.is_initialized() else 0
@@ -151,7 +223,8 @@ def train_stage(params: TrainParams, layout: Layout, callbacks: Sequence[EpochCa
         live = _LiveLogger(report_dir / "live", resume=resuming) if rank == 0 else None
         cbs = ([live] if live else []) + (list(callbacks) if rank == 0 else [])
         opts = RunOptions(device=params.device, num_workers=params.num_workers, resume=params.resume,
-                          threads=params.threads, fused_optimizer=params.fused_optimizer, callbacks=cbs)
+                          threads=params.threads, fused_optimizer=params.fused_optimizer, callbacks=cbs,
+                          step_callbacks=list(step_callbacks) if rank == 0 else [])
         preprocess = (ckpt_io.preprocess_record(upstream.align, upstream.priors, shards)
                       if upstream is not None else None)
         result = fit(cfg, shards, model_dir, opts, params=params.model_dump(mode="json"), preprocess=preprocess)
@@ -168,6 +241,7 @@ def train_stage(params: TrainParams, layout: Layout, callbacks: Sequence[EpochCa
                     live(h)
             live.finish(result, shards.label_space["classes"])
             write_json_atomic(report_dir / "metrics.json", report.metrics)
+            write_resolved_params(report_dir / "params.yaml", cfg, params)
             write_json_atomic(report_dir / "history.json", result.history)
             write_json_atomic(report_dir / "test_confusion.json",
                               {"classes": shards.label_space["classes"], "matrix": result.test["confusion"]})
@@ -210,6 +284,15 @@ def train_params_for(params) -> TrainParams:
     return train if train.dataset else train.model_copy(update={"dataset": params.download.dataset})
 
 
-def run_train(params, root: Path = Path(".")) -> TrainReport:
-    """Entry point for ``ferpipe train --no-flow``: takes the whole :class:`Params`."""
-    return train_stage(train_params_for(params), Layout(Path(root)), upstream=params)
+def check_pipeline_replacement(params, declared, root: str | Path = ".") -> None:
+    """:func:`check_replacement` on whole :class:`Params`: a pipeline run checks before its first
+    stage, not after the stages before train have run."""
+    check_replacement(train_params_for(params), train_params_for(declared), Layout(Path(root)))
+
+
+def run_train(params, root: Path = Path("."), declared=None, overwrite: bool = False) -> TrainReport:
+    """Entry point for ``ferpipe train --no-flow``: takes the whole :class:`Params` (``declared``:
+    params.yaml's, without the run's overrides; see :func:`check_replacement`)."""
+    return train_stage(train_params_for(params), Layout(Path(root)),
+                       declared=train_params_for(declared) if declared is not None else None, overwrite=overwrite,
+                       upstream=params)
