@@ -217,21 +217,21 @@ _FERPLUS = NativeMap(
     description="FERPlus vote columns (neutral .. contempt); unknown and NF (not a face) dropped",
 )
 
+# FER2013's 0..6 order, which ExpW reuses.
+_FER2013_ORDER = _ordered(
+    tuple(str(i) for i in range(7)),
+    ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"),
+)
+
 _FER2013 = NativeMap(
     "fer2013",
-    _ordered(
-        tuple(str(i) for i in range(7)),
-        ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"),
-    ),
+    _FER2013_ORDER,
     description="original FER2013 'emotion' column: 0 Angry .. 6 Neutral",
 )
 
 _EXPW = NativeMap(
     "expw",
-    _ordered(
-        tuple(str(i) for i in range(7)),
-        ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"),
-    ),
+    _FER2013_ORDER,
     description="ExpW label.lst: 0 angry, 1 disgust, 2 fear, 3 happy, 4 sad, 5 surprise, 6 neutral",
 )
 
