@@ -8,6 +8,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from ferpipe.evaluate.markdown import METRICS_HEADER, metrics_rows
 from ferpipe.evaluate.plots import png_data_uri
 from ferpipe.evaluate.stage import EvaluateReport, run_evaluate
 from flows._common import artifact_key, markdown_table, params_for
@@ -26,8 +27,8 @@ def evaluate_flow(params_path: str = "params.yaml", overrides: list[str] | None 
                                   description=f"{dataset}: {name.replace('_', ' ')}")
     md = [f"# {dataset}: evaluation", ""]
     if report.tables.get("metrics"):
-        md += [markdown_table(report.tables["metrics"], ["set", "n", "accuracy", "mean_class_accuracy", "macro_f1"]),
-               ""]
+        md += ["95% intervals: Wilson for accuracy, seeded bootstrap for mean class accuracy and macro-F1.", "",
+               markdown_table(metrics_rows(report.tables["metrics"]), METRICS_HEADER), ""]
     for name, why in report.skipped_sets.items():
         md.append(f"- {name}: skipped ({why})")
     for name, path in sorted(report.images.items()):

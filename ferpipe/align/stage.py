@@ -473,10 +473,11 @@ def failure_gallery_markdown(thumbs: Sequence[Mapping[str, Any]], title: str = "
 
 
 def write_report(report: AlignReport, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.to_dict(), indent=1, sort_keys=True))
-    return path
+    """The report without this run's timings (those go to ``reports/timings/``: ferpipe.timings)."""
+    from ferpipe.timings import write_report as _write  # noqa: PLC0415
+
+    _write(path, report.to_dict())
+    return Path(path)
 
 
 def run_align(params, root: Path = Path(".")) -> AlignReport:

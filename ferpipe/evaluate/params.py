@@ -31,6 +31,13 @@ class EvaluateParams(StrictModel):
     num_workers: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
+    # 95% intervals: Wilson for accuracies; this many seeded (``seed``) bootstrap resamples for
+    # mean class accuracy, macro-F1 and the accuracy drop (0: no bootstrap intervals).
+    bootstrap_resamples: int = Field(1000, ge=0)
+    # Groups and robustness bins with fewer samples are flagged ``few`` (and drawn as such).
+    min_group_n: int = Field(30, ge=1)
+    # The mistakes gallery: the most confident wrong predictions shown per true class.
+    mistakes_per_class: int = Field(4, ge=0)
 
     @field_validator("fraction_bins")
     @classmethod
