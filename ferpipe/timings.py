@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 # Keys that hold facts of one run, at any depth of a report.
-RUN_KEYS = frozenset({"resumed", "shards_resumed", "images_processed", "samples_processed",
+RUN_KEYS = frozenset({"resumed", "shards_resumed", "resumed_from_epoch", "images_processed", "samples_processed",
                       "seconds_by_part", "elapsed_s"})
 RUN_SUFFIXES = ("seconds", "per_second", "_per_s")
 # Kept beside split-off list items, so the timings say which shard they belong to.
-_ID_KEYS = ("split", "shard", "name")
+_ID_KEYS = ("split", "shard", "name", "epoch")
 
 
 def is_run_fact(key: str) -> bool:
