@@ -59,7 +59,9 @@ def occlusion_flow(params_path: str = "params.yaml", overrides: list[str] | None
                           table=[{c: r.get(c, 0) for c in STATS_COLUMNS + occluders} for r in report.shard_stats],
                           description=f"{dataset}: {SET_NAME} per shard (occluder counts n_*)")
     md = [f"# {dataset}: {SET_NAME}", "",
-          f"{report.samples} samples, mean occluded fraction {report.mean_occluded_fraction:.3f}", "",
+          f"{report.samples} samples, mean occluded fraction {report.mean_occluded_fraction:.3f}; occluders "
+          f"placed from the data alone, never a network: "
+          + ", ".join(f"{n} on {k}" for k, n in report.by_placement.items()), "",
           markdown_table([{"occluder": k, "samples": v} for k, v in report.by_occluder.items()],
                          ["occluder", "samples"]), "",
           markdown_table([{"region": k, "samples": v} for k, v in report.by_region.items()], ["region", "samples"]),

@@ -77,6 +77,8 @@ def test_synthetic_occlusion_set_does_not_depend_on_the_prior_nets(two_projects)
         occ_a, occ_b = json.loads(oa[k]["json"])["occlusion"], json.loads(ob[k]["json"])["occlusion"]
         assert occ_a == occ_b, k
         assert (occ_a["geometry_source"], occ_a["parsing_source"]) == ("groundtruth", "groundtruth")
+    report = json.loads((a / "reports/occlusion/tiny.json").read_text())
+    assert report["by_placement"] == {"groundtruth": len(oa)}
     meta = f"data/occlusion/tiny/{SET_NAME}.parquet"
     assert (a / meta).read_bytes() == (b / meta).read_bytes()
     # The occluded images' priors are the model's own: recomputed by each project's prior nets.

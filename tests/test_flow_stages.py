@@ -232,6 +232,8 @@ def test_occlusion_flow_stats_table_and_gallery(occlusion_run, priors_run, proje
 
     gallery = arts[f"occlusion-{DATASET}-gallery"]
     md = gallery.data
+    # placed on the aligned samples' own 68 points (tests/_gt_shards.py), never on the priors
+    assert "never a network: 7 on dataset-68" in md and set(md_meta["geometry_source"]) == {"dataset-68"}
     assert md.startswith(f"# {DATASET}: {SET_NAME}") and f"## {SET_NAME} (" in md
     # every occluder type drawn is listed (with its count) and shown
     assert report.by_occluder == md_meta["occluder"].value_counts().to_dict()

@@ -38,7 +38,7 @@ import numpy as np
 
 from ferpipe import shards
 from ferpipe.evaluate import plots
-from ferpipe.evaluate.markdown import write_report_md
+from ferpipe.evaluate.markdown import with_ci, write_report_md
 from ferpipe.evaluate.metrics import (
     accuracy_drop,
     classification_metrics,
@@ -82,11 +82,7 @@ class EvaluateReport:
 
 def fmt_ci(m: Mapping[str, Any], key: str, digits: int = 3) -> str:
     """``0.830 [0.791, 0.863]``: a value and its 95% interval ("-" when undefined)."""
-    v = m.get(key)
-    if v is None:
-        return "-"
-    ci = m.get(f"{key}_ci95")
-    return f"{v:.{digits}f}" + (f" [{ci['lo']:.{digits}f}, {ci['hi']:.{digits}f}]" if ci else "")
+    return with_ci(_ci_columns(m, key), key, digits)
 
 
 def _ci_columns(m: Mapping[str, Any], key: str) -> dict[str, Any]:

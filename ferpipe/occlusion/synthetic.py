@@ -312,6 +312,8 @@ class OcclusionReport:
     metadata: str
     shard_stats: list[dict[str, Any]] = field(default_factory=list)
     subsets: dict[str, Any] = field(default_factory=dict)
+    # What placed the occluders (ferpipe.occlusion.placement): samples per geometry source.
+    by_placement: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -320,7 +322,8 @@ class OcclusionReport:
         lines = [f"{SET_NAME} {self.dataset}: {self.samples} samples, {self.skipped} skipped, "
                  f"mean occluded fraction {self.mean_occluded_fraction:.3f}, {self.seconds:.1f}s "
                  f"({self.samples_per_second:.1f}/s, {self.shards_resumed} shards resumed) -> {self.out_dir}",
-                 f"  occluders: {self.by_occluder}", f"  regions:   {self.by_region}"]
+                 f"  occluders: {self.by_occluder}", f"  regions:   {self.by_region}",
+                 f"  placed on: {self.by_placement}"]
         if self.skipped_by_reason:
             lines.append(f"  skipped: {self.skipped_by_reason}")
         for name, s in self.subsets.get("subsets", {}).items():
@@ -393,7 +396,8 @@ def finalize_occlusion(out_dir: str | os.PathLike, source_dir: str | os.PathLike
         by_occluder=_counts(r["occluder"] for r in rows), by_region=dict(sorted(by_region.items())),
         mean_occluded_fraction=round(float(np.mean(fr)), 4) if fr else 0.0, shards_resumed=resumed,
         seconds=round(seconds, 3), samples_per_second=round(processed / seconds, 3) if seconds > 0 else 0.0,
-        index_sha256=index["sha256"], metadata=str(meta), shard_stats=table, subsets=dict(subsets or {}))
+        index_sha256=index["sha256"], metadata=str(meta), shard_stats=table, subsets=dict(subsets or {}),
+        by_placement=_counts(r["geometry_source"] for r in rows))
 
 
 def synthetic_occlusion_stage(source_dir: str | os.PathLike, out_dir: str | os.PathLike,
