@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from ferpipe.evaluate.markdown import METRICS_HEADER, metrics_rows
-from ferpipe.evaluate.plots import png_data_uri
+from ferpipe.evaluate.plots import image_data_uri
 from ferpipe.evaluate.stage import EvaluateReport, run_evaluate
 from flows._common import artifact_key, markdown_table, params_for
 
@@ -32,7 +32,7 @@ def evaluate_flow(params_path: str = "params.yaml", overrides: list[str] | None 
     for name, why in report.skipped_sets.items():
         md.append(f"- {name}: skipped ({why})")
     for name, path in sorted(report.images.items()):
-        md += [f"## {name.replace('_', ' ')}", "", f'<img src="{png_data_uri(path)}" width="480"/>', ""]
+        md += [f"## {name.replace('_', ' ')}", "", f'<img src="{image_data_uri(path)}" width="480"/>', ""]
     create_markdown_artifact(key=artifact_key("evaluate", dataset, "figures"), markdown="\n".join(md),
                              description=f"{dataset}: confusion matrices and robustness curves")
     logger.info(report.summary())

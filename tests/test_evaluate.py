@@ -207,12 +207,13 @@ def test_run_evaluate_writes_metrics_and_plots(tmp_path):
     mistakes = rep.tables["clean_mistakes"]
     assert mistakes and all(r["actual"] != r["predicted"] and r["confidence"] == 1.0 for r in mistakes)
     assert max(sum(r["actual"] == c for r in mistakes) for c in CLASSES) <= 2
-    assert (plots / "clean_mistakes.png").stat().st_size > 0 and (plots / "synthetic-occlusion_mistakes.png").exists()
+    assert (plots / "clean_mistakes.jpg").read_bytes()[:3] == b"\xff\xd8\xff"
+    assert (plots / "synthetic-occlusion_mistakes.jpg").exists()
     # one offline report: tables with intervals, every figure it links exists
     md = (reports / "report.md").read_text()
     assert "Wilson" in md and "| clean | 12 | 0.500 [" in md and "few samples" in md
     links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", md)
-    assert "plots/clean_mistakes.png" in links and "plots/robustness.png" in links
+    assert "plots/clean_mistakes.jpg" in links and "plots/robustness.png" in links
     assert all((reports / link).is_file() for link in links)
     # a rerun rewrites every report byte for byte; this run's timings sit apart (not DVC-tracked)
     run_evaluate(params, tmp_path, predictor=FakePredictor())

@@ -319,9 +319,10 @@ def test_evaluate_flow_metrics_tables_and_figures(evaluate_run, project):
     assert len(images) == len(report.images) >= 5
     plots = project / "reports" / "plots"
     for fmt, data in images:
-        assert fmt == "png"
+        assert fmt in ("png", "jpeg")
         assert_valid_image(fmt, data)
     assert (plots / "clean_confusion.png").read_bytes() in {d for _, d in images}
+    assert (plots / "clean_mistakes.jpg").read_bytes() in {d for f, d in images if f == "jpeg"}
 
 
 # --------------------------------------------------------------------------------------------

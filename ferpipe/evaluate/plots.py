@@ -174,15 +174,15 @@ def tsne_png(features: np.ndarray, labels: np.ndarray, classes: Sequence[str], p
     return _save(fig, path)
 
 
-def mistakes_png(rows_by_class: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike,
+def mistakes_jpg(rows_by_class: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike,
                  title: str = "") -> Path:
     """A grid: one row per true class, its most confident mistakes left to right (image,
-    predicted class and probability). ``rows_by_class[c]``: dicts with ``rgb``, ``predicted``,
+    predicted class and probability); JPEG, a third of the PNG's size for a grid of photos. ``rows_by_class[c]``: dicts with ``rgb``, ``predicted``,
     ``confidence``, ``key``; a class without mistakes gets an empty row saying so."""
     plt = _plt()
     classes = list(rows_by_class)
     cols = max([1, *(len(v) for v in rows_by_class.values())])
-    fig, axes = plt.subplots(len(classes), cols, figsize=(1.35 * cols + 0.9, 1.45 * len(classes) + 0.3),
+    fig, axes = plt.subplots(len(classes), cols, figsize=(max(1.35 * cols + 0.9, 5.0), 1.45 * len(classes) + 0.3),
                              dpi=80, squeeze=False)  # 80 dpi: a 112 px face at about its own size
     for i, c in enumerate(classes):
         for j in range(cols):
@@ -203,16 +203,25 @@ def mistakes_png(rows_by_class: Mapping[str, Sequence[Mapping[str, Any]]], path:
                 ax.text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=7, transform=ax.transAxes)
     fig.suptitle(title or "most confident mistakes per true class (title: predicted, probability)", fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, "jpeg")
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def _save(fig, path: str | os.PathLike, fmt: str = "png") -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", metadata=_PNG_META)
+    if fmt == "png":
+        fig.savefig(path, format="png", metadata=_PNG_META)
+    else:  # Pillow's encoder, fixed settings: the same bytes every run
+        fig.savefig(path, format=fmt, pil_kwargs={"quality": 85, "optimize": False, "progressive": False})
     _plt().close(fig)
     return path
 
 
 def png_data_uri(path: str | os.PathLike) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def image_data_uri(path: str | os.PathLike) -> str:
+    """A data URI for a PNG or JPEG figure, by its suffix."""
+    mime = "image/jpeg" if Path(path).suffix.lower() in (".jpg", ".jpeg") else "image/png"
+    return f"data:{mime};base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")

@@ -19,7 +19,7 @@ accuracy drop (:mod:`ferpipe.evaluate.metrics`).
 
 ``reports/plots/``: ``<set>_predictions.csv`` (key, actual, predicted: DVC's confusion template;
 then the predicted class's probability and every class's, ``p_<class>``), ``<set>_confusion.csv``
-/ ``.png``, ``<set>_mistakes.png`` (the most confident mistakes per true class),
+/ ``.png``, ``<set>_mistakes.jpg`` (the most confident mistakes per true class),
 ``robustness.csv`` / ``.png``, ``by_occluder.csv`` / ``.png``, ``by_region.csv`` / ``.png`` (with
 interval columns and error bars; few-sample groups flagged), optionally ``tsne.png``. DVC's HTML
 needs the network for its plotting library, so the PNGs and ``reports/report.md`` (every table,
@@ -171,8 +171,8 @@ def evaluate_sets(predictor: Predictor, clean_urls: Sequence[str], out_dir: str 
             tables[f"{name}_mistakes"] = [r for rows in worst.values() for r in rows]
             rgb = _images(urls, {r["key"] for r in tables[f"{name}_mistakes"]})
             shown = {c: [{**r, "rgb": rgb[r["key"]]} for r in rows if r["key"] in rgb] for c, rows in worst.items()}
-            images[f"{name}_mistakes"] = str(plots.mistakes_png(
-                shown, plot_dir / f"{name}_mistakes.png",
+            images[f"{name}_mistakes"] = str(plots.mistakes_jpg(
+                shown, plot_dir / f"{name}_mistakes.jpg",
                 f"{name}: most confident mistakes per true class (predicted, probability)"))
 
     clean = None
