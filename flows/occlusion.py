@@ -23,7 +23,6 @@ from ferpipe.occlusion.synthetic import (
     occlusion_shard,
     plan_occlusion,
 )
-from ferpipe.timings import write_report
 from flows._common import artifact_key, markdown_table, params_for, run_shard
 
 STATS_COLUMNS = ["shard", "items", "written", "skipped", "seconds", "items_per_second", "bytes", "resumed"]
@@ -53,6 +52,8 @@ def occlusion_flow(params_path: str = "params.yaml", overrides: list[str] | None
     report = finalize_occlusion(out_dir, source_dir, plans, {SET_NAME: list(results)}, dataset,
                                 time.perf_counter() - t0)
     report.subsets = maybe_build_subsets(params, layout, dataset, out_dir)
+    from ferpipe.timings import write_report  # noqa: PLC0415
+
     write_report(layout.stage_report(STAGE, dataset), report.to_dict())
     occluders = sorted({k for r in report.shard_stats for k in r if k.startswith("n_")})
     create_table_artifact(key=artifact_key("occlusion", dataset, "shards"),

@@ -20,7 +20,6 @@ from ferpipe.priors.stage import (
     priors_gallery,
     priors_shard,
 )
-from ferpipe.timings import write_report
 from flows._common import artifact_key, markdown_table, params_for, run_shard
 
 STATS_COLUMNS = ["shard", "split", "items", "written", "skipped", "seconds", "items_per_second",
@@ -70,6 +69,8 @@ def priors_flow(params_path: str = "params.yaml", overrides: list[str] | None = 
     shards.write_dataset_index(out_dir, indexes)
     desc = _prior_description(out_dir, plans)
     report = build_report(stats, out_dir, p, desc, dataset, time.perf_counter() - t0)
+    from ferpipe.timings import write_report  # noqa: PLC0415
+
     write_report(layout.stage_report("priors", dataset), report.to_dict())
     create_table_artifact(key=artifact_key("priors", dataset, "shards"), table=report.shard_stats,
                           description=f"{dataset}: priors ({p.kind}, {p.backend}) per shard")

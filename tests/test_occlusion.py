@@ -206,7 +206,7 @@ def test_stage_deterministic_recomputes_from_occluded_image(tmp_path):
         occ = meta["occlusion"]
         assert occ["set"] == SET_NAME and occ["priors_recomputed"] and occ["source_key"] == s["__key__"]
         # Placed from the aligned points, never from the source's priors (a network's output).
-        assert occ["parsing_source"] == "points5-approximation" and occ["geometry_source"] == "aligned-5"
+        assert occ["parsing_source"] == "approximated-from-points" and occ["geometry_source"] == "aligned-5"
         m = (seen.mean(-1) < 100).astype(np.uint8)
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(s["parsing.png"]))), m)
         assert int(s["cls"]) == int(s["__key__"][-4:]) % 7
@@ -236,7 +236,7 @@ def test_features_kind_falls_back_to_points_aligned(tmp_path):
     s = next(iter(shards.iter_samples(tmp_path / "o", SET_NAME, decode=None)))
     occ = json.loads(s["json"])["occlusion"]
     assert s["__key__"].endswith("_v0") and occ["geometry_source"] == "aligned-5"
-    assert occ["parsing_source"] == "points5-approximation"
+    assert occ["parsing_source"] == "approximated-from-points"
     assert np.load(io.BytesIO(s["lmk.npy"])).sum() > 0
 
 
@@ -357,6 +357,12 @@ def test_placement_sources_in_order(tmp_path):
     assert PlacementSource()({**meta, "points68_aligned": np.zeros((68, 2)).tolist()}, (S, S)).geometry_source \
         == "dataset-68"
     assert PlacementSource()(meta, (S, S)).geometry_source == "aligned-5"
+    # a manifest with the dataset's 68 points (136 values, source pixels) places through the matrix
+    pq.write_table(pa.table({"key": [name[:-4]], "landmarks5": [lm5],
+                             "landmarks": [g.points68.reshape(-1).tolist()]}), tmp_path / "m68.parquet")
+    where = PlacementSource(None, tmp_path / "m68.parquet")(meta, (S, S))
+    assert where.geometry_source == "dataset-68"
+    assert np.allclose(where.landmarks68, transform_points(g.points68, np.asarray(meta["matrix"])))
     with pytest.raises(ValueError, match="no ground truth"):
         PlacementSource()({"key": "x"}, (S, S))
     # What identifies the placements is in the shards' fingerprint; pickling drops the caches.

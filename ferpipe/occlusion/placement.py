@@ -6,10 +6,11 @@ set places its occluders, and measures the regions they cover, from the first of
 has; none comes from a model's output:
 
 1. ``groundtruth``: the dataset's own ground-truth 68 points and parsing map (the embedded
-   synthetic set ships them: ``data/raw/<dataset>/ferpipe-groundtruth.zip``), mapped into the
+   synthetic set ships them: ``Layout.ground_truth``, in the raw copy), mapped into the
    aligned image by the align stage's recorded ``matrix``;
-2. ``dataset-68``: 68 points in aligned pixels that came with the aligned sample
-   (``points68_aligned``);
+2. ``dataset-68``: the dataset's annotated 68 points: in aligned pixels with the aligned sample
+   (``points68_aligned``), or a manifest ``landmarks`` column of 68 iBUG points (136 values, source
+   pixels) through the align ``matrix``;
 3. ``dataset-5``: the dataset's annotated 5 points (the manifest's ``landmarks5``) through the
    align ``matrix``;
 4. ``aligned-5``: the 5 points the sample was aligned on (``points_aligned``).
@@ -28,16 +29,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
-GROUND_TRUTH_FILE = "ferpipe-groundtruth.zip"
-
-
 @dataclass(frozen=True)
 class Placement:
     parsing: np.ndarray | None       # HxW LaPa-order map in aligned pixels
     landmarks68: np.ndarray | None   # (68, 2) aligned pixels
     points5: np.ndarray | None       # (5, 2) aligned pixels
     geometry_source: str             # groundtruth | dataset-68 | dataset-5 | aligned-5
-    parsing_source: str              # groundtruth | points5-approximation
+    parsing_source: str              # groundtruth | approximated-from-points
 
 
 def _matrix(meta: Mapping[str, Any]) -> np.ndarray | None:
@@ -80,10 +78,10 @@ class PlacementSource:
         self.ground_truth = Path(ground_truth) if ground_truth and Path(ground_truth).is_file() else None
         self.manifest = Path(manifest) if manifest and Path(manifest).is_file() else None
         self._gt: dict | None = None
-        self._lm5: dict[str, np.ndarray] | None = None
+        self._points: dict[int, dict[str, np.ndarray]] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_gt": None, "_lm5": None}
+        return {**self.__dict__, "_gt": None, "_points": None}
 
     def describe(self) -> dict[str, Any]:
         """What identifies the placements (goes into the shards' fingerprint)."""
@@ -99,20 +97,23 @@ class PlacementSource:
                 self._gt = load_ground_truth(self.ground_truth)
         return self._gt
 
-    def _landmarks5(self) -> dict[str, np.ndarray]:
-        if self._lm5 is None:
-            self._lm5 = {}
+    def _dataset_points(self, n: int) -> dict[str, np.ndarray]:
+        """key -> the manifest's ``n``-point landmarks in source pixels (68: ``landmarks``,
+        5: ``landmarks5``)."""
+        if self._points is None:
+            self._points = {68: {}, 5: {}}
             if self.manifest is not None:
                 import pyarrow.parquet as pq  # noqa: PLC0415
 
                 names = pq.read_schema(self.manifest).names
-                if "landmarks5" in names:
-                    t = pq.read_table(self.manifest, columns=["key", "landmarks5"]).to_pydict()
-                    for k, v in zip(t["key"], t["landmarks5"]):
-                        p = _points(v, 5)
-                        if p is not None:
-                            self._lm5[str(k)] = p
-        return self._lm5
+                for count, col in ((68, "landmarks"), (5, "landmarks5")):
+                    if col in names:
+                        t = pq.read_table(self.manifest, columns=["key", col]).to_pydict()
+                        for k, v in zip(t["key"], t[col]):
+                            p = _points(v, count)
+                            if p is not None:
+                                self._points[count][str(k)] = p
+        return self._points[n]
 
     def __call__(self, meta: Mapping[str, Any], shape: tuple[int, int]) -> Placement:
         import cv2  # noqa: PLC0415
@@ -127,18 +128,21 @@ class PlacementSource:
             parsing = cv2.warpAffine(gt.parsing, m, (w, h), flags=cv2.INTER_NEAREST,
                                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
             return Placement(parsing, transform_points(gt.points68, m), None, "groundtruth", "groundtruth")
+        key = str(meta.get("key", ""))
         p68 = _points(meta.get("points68_aligned"), 68)
+        if p68 is None and m is not None and key in self._dataset_points(68):
+            p68 = transform_points(self._dataset_points(68)[key], m)
         if p68 is not None:
-            return Placement(None, p68, None, "dataset-68", "points5-approximation")
-        lm5 = self._landmarks5().get(str(meta.get("key", "")))
+            return Placement(None, p68, None, "dataset-68", "approximated-from-points")
+        lm5 = self._dataset_points(5).get(key)
         if lm5 is not None and m is not None:
-            return Placement(None, None, transform_points(lm5, m), "dataset-5", "points5-approximation")
+            return Placement(None, None, transform_points(lm5, m), "dataset-5", "approximated-from-points")
         p5 = _points(meta.get("points_aligned"), 5)
         if p5 is not None:
-            return Placement(None, None, p5, "aligned-5", "points5-approximation")
+            return Placement(None, None, p5, "aligned-5", "approximated-from-points")
         raise ValueError("no ground truth, dataset landmarks or aligned 5 points to place an occluder on")
 
 
 def placement_source(layout, dataset: str) -> PlacementSource:
     """The dataset's placement source under a project ``layout``."""
-    return PlacementSource(layout.raw(dataset) / GROUND_TRUTH_FILE, layout.manifest(dataset))
+    return PlacementSource(layout.ground_truth(dataset), layout.manifest(dataset))

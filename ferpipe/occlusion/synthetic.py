@@ -91,7 +91,7 @@ def occlude(rgb: np.ndarray, parsing: np.ndarray | None, landmarks68: np.ndarray
     geom = face_geometry(parsing, landmarks68, points5)
     if parsing is None:
         parsing = approx_parsing(geom, rgb.shape[:2])
-        parsing_source = "points5-approximation"
+        parsing_source = "approximated-from-points"
     occ = draw_occluder(occluder, rng, geom, rgb)
     out = composite(rgb, occ)
     cov = coverage(occ.alpha, parsing, geom, cover_alpha, region_threshold)

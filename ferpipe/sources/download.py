@@ -57,7 +57,11 @@ class DownloadReport:
         return sum(row["total"] for row in self.counts)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        """The report file: without this run's timings (a DVC out, the same bytes on a rerun; the
+        summary and the flow's log show them)."""
+        from ferpipe.timings import split_run_facts  # noqa: PLC0415
+
+        return json.dumps(split_run_facts(asdict(self))[0], indent=2, sort_keys=True)
 
     def summary(self) -> str:
         lines = [f"download {self.dataset}: {self.n_usable} usable images in {self.seconds:.1f}s "
@@ -173,16 +177,14 @@ def download_stage(params: DownloadParams, layout: Layout, log: Callable[[str], 
     source, digest, ground_truth = obtain_source(params, layout, log)
     raw = layout.raw(params.dataset)
     _fresh_raw_copy(source, raw, params)
-    if ground_truth:
-        # Inside the raw copy (a DVC out), so the evaluation sets built from it (synthetic
-        # occlusion places its occluders on it) are there wherever the data is pulled.
-        from ferpipe.occlusion.placement import GROUND_TRUTH_FILE  # noqa: PLC0415
-
-        shutil.copyfile(ground_truth, raw / GROUND_TRUTH_FILE)
-        ground_truth = str(raw / GROUND_TRUTH_FILE)
     rows, rejected, warnings, native_map = build_manifest_rows(params, raw)
     if not rows:
         raise DataError(f"{raw}: the {params.format} reader found no images; is download.format right?")
+    if ground_truth:
+        # Inside the raw copy (a DVC out), so the evaluation sets built from it (synthetic
+        # occlusion places its occluders on it) are there wherever the data is pulled.
+        shutil.copyfile(ground_truth, layout.ground_truth(params.dataset))
+        ground_truth = str(layout.ground_truth(params.dataset))
 
     import pandas as pd
 
@@ -203,9 +205,9 @@ def download_stage(params: DownloadParams, layout: Layout, log: Callable[[str], 
         val_split=val_record, archive_sha256=digest, ground_truth=ground_truth,
         seconds=round(time.perf_counter() - start, 3),
     )
-    from ferpipe.timings import write_report  # noqa: PLC0415
-
-    write_report(layout.stage_report("download", params.dataset), asdict(report))
+    report_path = layout.stage_report("download", params.dataset)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(report.to_json())
     return report
 
 
