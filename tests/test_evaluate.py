@@ -58,7 +58,7 @@ def test_metrics_hand_computed():
 
 
 def test_intervals():
-    from ferpipe.evaluate import bootstrap_interval, wilson_interval
+    from ferpipe.evaluate.metrics import bootstrap_interval, wilson_interval
 
     # Wilson score interval, 95% (z = 1.96): 8 of 10 -> [0.4902, 0.9433], computed by hand from the formula.
     ci = wilson_interval(8, 10)

@@ -7,18 +7,9 @@ Public API::
     from ferpipe.evaluate import Predictions, Predictor, CheckpointPredictor
     from ferpipe.evaluate import check_label_map, LabelMapMismatchError
     from ferpipe.evaluate import classification_metrics, group_accuracy, robustness_curve, assign_bins
-    from ferpipe.evaluate import wilson_interval, bootstrap_interval
 """
 
-from .metrics import (
-    assign_bins,
-    bootstrap_interval,
-    classification_metrics,
-    flatten,
-    group_accuracy,
-    robustness_curve,
-    wilson_interval,
-)
+from .metrics import assign_bins, classification_metrics, flatten, group_accuracy, robustness_curve
 from .params import EvaluateParams
 from .predict import CheckpointPredictor, LabelMapMismatchError, Predictions, Predictor, check_label_map
 from .stage import EvaluateReport, evaluate_sets, run_evaluate
@@ -26,5 +17,5 @@ from .stage import EvaluateReport, evaluate_sets, run_evaluate
 __all__ = [
     "CheckpointPredictor", "EvaluateParams", "EvaluateReport", "LabelMapMismatchError", "Predictions", "Predictor",
     "assign_bins", "check_label_map", "classification_metrics", "evaluate_sets", "flatten", "group_accuracy",
-    "robustness_curve", "run_evaluate", "bootstrap_interval", "wilson_interval",
+    "robustness_curve", "run_evaluate",
 ]
