@@ -25,6 +25,7 @@ interval columns and error bars; few-sample groups flagged), optionally ``tsne.p
 needs the network for its plotting library, so the PNGs and ``reports/report.md`` (every table,
 the figures by relative path) are what people look at offline.
 """
+
 from __future__ import annotations
 
 import io
@@ -69,8 +70,8 @@ class EvaluateReport:
         return asdict(self)
 
     def summary(self) -> str:
-        lines = [f"evaluate: {self.metrics_path}, {self.report_md} ({self.seconds:.1f}s); "
-                 f"[95% interval: Wilson for accuracy, bootstrap for mca / f1]"]
+        lines = [f"evaluate: {self.metrics_path}, {self.report_md} ({self.seconds:.1f}s; 95% intervals: "
+                 f"Wilson for accuracy, bootstrap for mca and f1)"]
         for name, m in self.metrics.items():
             if isinstance(m, Mapping) and "accuracy" in m:
                 lines.append(f"  {name:<24} n={m['n']:<6} acc={fmt_ci(m, 'accuracy')} "
@@ -95,8 +96,6 @@ def _set_row(name: str, m: Mapping[str, Any]) -> dict[str, Any]:
             **_ci_columns(m, "macro_f1")}
 
 
-METRIC_COLUMNS = ["set", "n", "accuracy", "accuracy_lo", "accuracy_hi", "mean_class_accuracy",
-                  "mean_class_accuracy_lo", "mean_class_accuracy_hi", "macro_f1", "macro_f1_lo", "macro_f1_hi"]
 GROUP_COLUMNS = ["accuracy", "accuracy_lo", "accuracy_hi", "n", "few"]
 CURVE_COLUMNS = ["bin", "lo", "hi", "center", "n", "accuracy", "accuracy_lo", "accuracy_hi", "few"]
 
