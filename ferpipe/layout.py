@@ -80,3 +80,8 @@ class Layout:
     @property
     def models(self) -> Path:
         return self.root / "models"
+
+    def ground_truth(self, dataset: str) -> Path:
+        """A dataset's own ground truth (landmarks, parsing maps), when it ships one: kept inside
+        the raw copy, a DVC out (the embedded synthetic set's is copied there by download)."""
+        return self.raw(dataset) / "ferpipe-groundtruth.zip"

@@ -77,7 +77,9 @@ STAGES: tuple[Stage, ...] = (
           inputs=("data/aligned/{dataset}", *_PRIOR_NETS),
           outputs=("data/priors/{dataset}", "reports/priors/{dataset}.json"), sharded=True),
     Stage("occlusion", "ferpipe.occlusion.stage:run_occlusion", (_DATA, "occlusion", "priors"),
-          ("ferpipe/occlusion", "ferpipe/priors"), inputs=("data/priors/{dataset}", *_PRIOR_NETS),
+          ("ferpipe/occlusion", "ferpipe/priors"),
+          # data/raw and the manifest: the ground truth and landmarks the occluders are placed on
+          inputs=("data/priors/{dataset}", "data/raw/{dataset}", "data/manifests/{dataset}.parquet", *_PRIOR_NETS),
           outputs=("data/occlusion/{dataset}", "reports/occlusion/{dataset}.json"), sharded=True),
     Stage("train", "ferpipe.train.stage:run_train", ("train", _DATA),
           ("ferpipe/train", "ferpipe/models", "ferpipe/losses"), inputs=("data/priors/{dataset}",),
@@ -88,7 +90,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("evaluate", "ferpipe.evaluate.stage:run_evaluate", (_DATA, "evaluate"),
           ("ferpipe/evaluate", "ferpipe/train/data.py"),
           inputs=("data/priors/{dataset}", "data/occlusion/{dataset}", "models/train/{dataset}/best.pt"),
-          outputs=("reports/evaluate/{dataset}.json",), metrics=("reports/metrics.json",),
+          outputs=("reports/evaluate/{dataset}.json", "reports/report.md"), metrics=("reports/metrics.json",),
           plots=("reports/plots/clean_predictions.csv", "reports/plots/synthetic-occlusion_predictions.csv",
                  "reports/plots/robustness.csv", "reports/plots/by_occluder.csv", "reports/plots/by_region.csv")),
 )

@@ -8,7 +8,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from ferpipe.evaluate.plots import png_data_uri
+from ferpipe.evaluate.markdown import METRICS_HEADER, metrics_rows
+from ferpipe.evaluate.plots import image_data_uri
 from ferpipe.evaluate.stage import EvaluateReport, run_evaluate
 from flows._common import artifact_key, markdown_table, params_for, stage_run_name
 
@@ -26,12 +27,12 @@ def evaluate_flow(params_path: str = "params.yaml", overrides: list[str] | None 
                                   description=f"{dataset}: {name.replace('_', ' ')}")
     md = [f"# {dataset}: evaluation", ""]
     if report.tables.get("metrics"):
-        md += [markdown_table(report.tables["metrics"], ["set", "n", "accuracy", "mean_class_accuracy", "macro_f1"]),
-               ""]
+        md += ["95% intervals: Wilson for accuracy, seeded bootstrap for mean class accuracy and macro-F1.", "",
+               markdown_table(metrics_rows(report.tables["metrics"]), METRICS_HEADER), ""]
     for name, why in report.skipped_sets.items():
         md.append(f"- {name}: skipped ({why})")
     for name, path in sorted(report.images.items()):
-        md += [f"## {name.replace('_', ' ')}", "", f'<img src="{png_data_uri(path)}" width="480"/>', ""]
+        md += [f"## {name.replace('_', ' ')}", "", f'<img src="{image_data_uri(path)}" width="480"/>', ""]
     create_markdown_artifact(key=artifact_key("evaluate", dataset, "figures"), markdown="\n".join(md),
                              description=f"{dataset}: confusion matrices and robustness curves")
     logger.info(report.summary())

@@ -13,6 +13,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from ferpipe import shards
 from ferpipe.occlusion.params import OcclusionParams
+from ferpipe.occlusion.placement import PlacementSource, placement_source
 from ferpipe.occlusion.stage import STAGE, default_recompute, maybe_build_subsets, occlusion_paths
 from ferpipe.occlusion.synthetic import (
     SET_NAME,
@@ -29,8 +30,8 @@ STATS_COLUMNS = ["shard", "items", "written", "skipped", "seconds", "items_per_s
 
 @task(retries=2, retry_delay_seconds=5, task_run_name="occlusion-{spec.index}")
 def occlusion_shard_task(spec: shards.ShardSpec, source_dir: str, out_dir: str, params: OcclusionParams,
-                         recompute) -> dict:
-    return run_shard(occlusion_shard, spec, source_dir, out_dir, params, recompute)
+                         recompute, placement: PlacementSource) -> dict:
+    return run_shard(occlusion_shard, spec, source_dir, out_dir, params, recompute, True, placement)
 
 
 # One shard at a time by default (the prior backend uses every core through torch).
@@ -47,17 +48,22 @@ def occlusion_flow(params_path: str = "params.yaml", overrides: list[str] | None
     plans = plan_occlusion(source_dir, p.split, p.variants)
     specs = plans[SET_NAME]
     results = occlusion_shard_task.map(specs, unmapped(str(source_dir)), unmapped(str(out_dir)), unmapped(p),
-                                       unmapped(recompute)).result()
+                                       unmapped(recompute),
+                                       unmapped(placement_source(layout, dataset))).result()
     report = finalize_occlusion(out_dir, source_dir, plans, {SET_NAME: list(results)}, dataset,
                                 time.perf_counter() - t0)
     report.subsets = maybe_build_subsets(params, layout, dataset, out_dir)
-    shards.write_json_atomic(layout.stage_report(STAGE, dataset), report.to_dict())
+    from ferpipe.timings import write_report  # noqa: PLC0415
+
+    write_report(layout.stage_report(STAGE, dataset), report.to_dict())
     occluders = sorted({k for r in report.shard_stats for k in r if k.startswith("n_")})
     create_table_artifact(key=artifact_key("occlusion", dataset, "shards"),
                           table=[{c: r.get(c, 0) for c in STATS_COLUMNS + occluders} for r in report.shard_stats],
                           description=f"{dataset}: {SET_NAME} per shard (occluder counts n_*)")
     md = [f"# {dataset}: {SET_NAME}", "",
-          f"{report.samples} samples, mean occluded fraction {report.mean_occluded_fraction:.3f}", "",
+          f"{report.samples} samples, mean occluded fraction {report.mean_occluded_fraction:.3f}; occluders "
+          f"placed from the data alone, never a network: "
+          + ", ".join(f"{n} on {k}" for k, n in report.by_placement.items()), "",
           markdown_table([{"occluder": k, "samples": v} for k, v in report.by_occluder.items()],
                          ["occluder", "samples"]), "",
           markdown_table([{"region": k, "samples": v} for k, v in report.by_region.items()], ["region", "samples"]),

@@ -55,7 +55,9 @@ def priors_flow(params_path: str = "params.yaml", overrides: list[str] | None = 
         stats[spec.split].append(st)
     shards.finalize_stage(out_dir, plans, stats, time.perf_counter() - t0)
     report = build_report(stats, out_dir, p, dataset, time.perf_counter() - t0, domain)
-    shards.write_json_atomic(layout.stage_report("priors", dataset), report.to_dict())
+    from ferpipe.timings import write_report  # noqa: PLC0415
+
+    write_report(layout.stage_report("priors", dataset), report.to_dict())
     create_table_artifact(key=artifact_key("priors", dataset, "shards"), table=report.shard_stats,
                           description=f"{dataset}: priors ({p.kind}, {p.backend}) per shard")
     md = [f"# {dataset}: priors ({p.kind}, backend {p.backend})", "",

@@ -205,7 +205,8 @@ def test_stage_deterministic_recomputes_from_occluded_image(tmp_path):
         meta = json.loads(s["json"])
         occ = meta["occlusion"]
         assert occ["set"] == SET_NAME and occ["priors_recomputed"] and occ["source_key"] == s["__key__"]
-        assert occ["parsing_source"] == "priors" and occ["geometry_source"] == "parsing"
+        # Placed from the aligned points, never from the source's priors (a network's output).
+        assert occ["parsing_source"] == "approximated-from-points" and occ["geometry_source"] == "aligned-5"
         m = (seen.mean(-1) < 100).astype(np.uint8)
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(s["parsing.png"]))), m)
         assert int(s["cls"]) == int(s["__key__"][-4:]) % 7
@@ -234,8 +235,8 @@ def test_features_kind_falls_back_to_points_aligned(tmp_path):
     assert rep.samples == 6
     s = next(iter(shards.iter_samples(tmp_path / "o", SET_NAME, decode=None)))
     occ = json.loads(s["json"])["occlusion"]
-    assert s["__key__"].endswith("_v0") and occ["geometry_source"] == "points5"
-    assert occ["parsing_source"] == "points5-approximation"
+    assert s["__key__"].endswith("_v0") and occ["geometry_source"] == "aligned-5"
+    assert occ["parsing_source"] == "approximated-from-points"
     assert np.load(io.BytesIO(s["lmk.npy"])).sum() > 0
 
 
@@ -318,3 +319,53 @@ def test_build_subsets_writes_parquet_and_problems(tmp_path):
     got = pd.read_parquet(tmp_path / "out" / "subsets.parquet")
     assert got.to_dict("records") == [{"subset": "occlusion-rafdb", "key": "test_0001", "code": "code_1",
                                        "list_label": "3"}]
+
+
+# --- placement: from the data, never from a network ------------------------------------------------
+
+
+def test_placement_sources_in_order(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ferpipe.align.warp import estimate_similarity, transform_points
+    from ferpipe.occlusion.placement import PlacementSource
+    from ferpipe.sources.synthetic import load_ground_truth, render_archive
+
+    res = render_archive(tmp_path / "synth", n_per_class=1, size=128, seed=3, workers=1, progress=False)
+    gts = load_ground_truth(res.groundtruth)
+    name, g = sorted(gts.items())[0]
+    m = estimate_similarity(g.points5, template(S))
+    meta = {"key": name[:-4], "source": {"path": f"Image/original/{name}"}, "matrix": m.round(6).tolist(),
+            "points_aligned": transform_points(g.points5, m).round(2).tolist()}
+    lm5 = (g.points5 + 1.0).reshape(-1).tolist()
+    pq.write_table(pa.table({"key": [name[:-4]], "landmarks5": [lm5]}), tmp_path / "m.parquet")
+
+    full = PlacementSource(res.groundtruth, tmp_path / "m.parquet")
+    where = full(meta, (S, S))
+    assert (where.geometry_source, where.parsing_source) == ("groundtruth", "groundtruth")
+    assert np.allclose(where.landmarks68, transform_points(g.points68, np.asarray(meta["matrix"])))
+    assert where.parsing.shape == (S, S) and set(np.unique(where.parsing)) >= {0, 1, 4, 5, 6}
+    # the parsing map lands where the 68 points say the eyes are
+    eye = np.round(where.landmarks68[36:42].mean(0)).astype(int)
+    assert where.parsing[eye[1], eye[0]] in (4, 5)
+
+    no_gt = PlacementSource(None, tmp_path / "m.parquet")
+    where = no_gt(meta, (S, S))
+    assert where.geometry_source == "dataset-5" and where.parsing is None
+    assert np.allclose(where.points5, transform_points(np.asarray(lm5).reshape(5, 2), np.asarray(meta["matrix"])))
+    assert PlacementSource()({**meta, "points68_aligned": np.zeros((68, 2)).tolist()}, (S, S)).geometry_source \
+        == "dataset-68"
+    assert PlacementSource()(meta, (S, S)).geometry_source == "aligned-5"
+    # a manifest with the dataset's 68 points (136 values, source pixels) places through the matrix
+    pq.write_table(pa.table({"key": [name[:-4]], "landmarks5": [lm5],
+                             "landmarks": [g.points68.reshape(-1).tolist()]}), tmp_path / "m68.parquet")
+    where = PlacementSource(None, tmp_path / "m68.parquet")(meta, (S, S))
+    assert where.geometry_source == "dataset-68"
+    assert np.allclose(where.landmarks68, transform_points(g.points68, np.asarray(meta["matrix"])))
+    with pytest.raises(ValueError, match="no ground truth"):
+        PlacementSource()({"key": "x"}, (S, S))
+    # What identifies the placements is in the shards' fingerprint; pickling drops the caches.
+    import pickle
+
+    assert full.describe()["ground_truth"] and pickle.loads(pickle.dumps(full)).describe() == full.describe()

@@ -521,10 +521,11 @@ def failure_gallery_markdown(thumbs: Sequence[Mapping[str, Any]], title: str = "
 
 
 def write_report(report: AlignReport, path: str | Path) -> Path:
-    path = Path(path)
-    with shards.atomic_file(path) as fh:  # a reader never sees half a report
-        fh.write(json.dumps(report.to_dict(), indent=1, sort_keys=True).encode("utf-8"))
-    return path
+    """The report without this run's timings (those go to ``reports/timings/``: ferpipe.timings)."""
+    from ferpipe.timings import write_report as _write  # noqa: PLC0415
+
+    _write(path, report.to_dict())
+    return Path(path)
 
 
 def run_align(params, root: Path = Path(".")) -> AlignReport:

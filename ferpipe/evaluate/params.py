@@ -27,6 +27,13 @@ class EvaluateParams(StrictModel):
     fraction_bins: list[float] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 1.0]
     tsne: bool = False
     tsne_max_points: int = Field(2000, ge=10)
+    # 95% intervals: Wilson for accuracies; this many seeded (``seed``) bootstrap resamples for
+    # mean class accuracy, macro-F1 and the accuracy drop (0: no bootstrap intervals).
+    bootstrap_resamples: int = Field(1000, ge=0)
+    # Groups and robustness bins with fewer samples are flagged ``few`` (and drawn as such).
+    min_group_n: int = Field(30, ge=1)
+    # The mistakes gallery: the most confident wrong predictions shown per true class.
+    mistakes_per_class: int = Field(4, ge=0)
     batch_size: int = Field(64, ge=1)
     num_workers: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -46,6 +46,28 @@ def sample_rows(keys: Sequence[str], y_true, y_pred, classes: Sequence[str]) -> 
             for k, t, p in zip(keys, y_true, y_pred)]
 
 
+def prediction_columns(classes: Sequence[str]) -> list[str]:
+    return ["key", "actual", "predicted", "confidence", *(f"p_{c}" for c in classes)]
+
+
+def prediction_rows(keys: Sequence[str], y_true, y_pred, y_prob, classes: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per sample: key, actual, predicted (DVC's confusion template reads these), the
+    predicted class's probability and every class's (``p_<class>``, 6 decimals)."""
+    prob = np.asarray(y_prob, np.float64)
+    rows = sample_rows(keys, y_true, y_pred, classes)
+    for r, pr, p in zip(rows, prob, y_pred):
+        r["confidence"] = f"{pr[int(p)]:.6f}"
+        r.update({f"p_{c}": f"{v:.6f}" for c, v in zip(classes, pr)})
+    return rows
+
+
+def _ci_err(rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """Asymmetric error bars [[below], [above]] from accuracy_lo / accuracy_hi."""
+    lo = [max(0.0, r["accuracy"] - r["accuracy_lo"]) if r.get("accuracy_lo") is not None else 0.0 for r in rows]
+    hi = [max(0.0, r["accuracy_hi"] - r["accuracy"]) if r.get("accuracy_hi") is not None else 0.0 for r in rows]
+    return np.array([lo, hi])
+
+
 def confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str], path: str | os.PathLike,
                   title: str = "") -> Path:
     plt = _plt()
@@ -72,13 +94,19 @@ def robustness_png(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: str 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=100)
     for name, rows in curves.items():
-        pts = [(r["center"], r["accuracy"], r["n"]) for r in rows if r["accuracy"] is not None]
-        if not pts:
+        rows = [r for r in rows if r["accuracy"] is not None]
+        if not rows:
             continue
-        x, y, n = zip(*pts)
-        ax.plot(x, y, marker="o", label=name)
-        for xi, yi, ni in pts:
-            ax.annotate(f"n={ni}", (xi, yi), textcoords="offset points", xytext=(0, 5), fontsize=6, ha="center")
+        x = [r["center"] for r in rows]
+        y = [r["accuracy"] for r in rows]
+        line = ax.errorbar(x, y, yerr=_ci_err(rows), marker="o", capsize=3, label=f"{name} (95% Wilson)")
+        colour = line.lines[0].get_color()
+        few = [r for r in rows if r.get("few")]
+        if few:  # hollow markers: too few samples to read much into
+            ax.plot([r["center"] for r in few], [r["accuracy"] for r in few], "o", mfc="white", mec=colour, ms=7)
+        for r in rows:
+            ax.annotate(f"n={r['n']}" + (" (few)" if r.get("few") else ""), (r["center"], r["accuracy"]),
+                        textcoords="offset points", xytext=(0, 6), fontsize=6, ha="center")
     ax.set_xlabel("occluded fraction of the face")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.05)
@@ -92,18 +120,30 @@ def robustness_png(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: str 
 
 def bars_png(groups: Mapping[str, Mapping[str, Any]], path: str | os.PathLike, title: str,
              reference: float | None = None) -> Path:
+    """Accuracy per group with 95% Wilson error bars; groups flagged ``few`` are drawn pale and
+    hatched, and their tick says so."""
     plt = _plt()
     names = list(groups)
-    acc = [groups[k]["accuracy"] or 0.0 for k in names]
+    rows = []
+    for k in names:
+        g = groups[k]
+        ci = g.get("accuracy_ci95") or {}
+        rows.append({"accuracy": g["accuracy"] or 0.0, "accuracy_lo": ci.get("lo"), "accuracy_hi": ci.get("hi")})
+    few = [bool(groups[k].get("few")) for k in names]
     fig, ax = plt.subplots(figsize=(5.6, 3.4), dpi=100)
-    ax.bar(range(len(names)), acc, color="#4c72b0")
-    ax.set_xticks(range(len(names)), [f"{k}\n(n={groups[k]['n']})" for k in names], fontsize=6.5, rotation=30,
-                  ha="right")
+    bars = ax.bar(range(len(names)), [r["accuracy"] for r in rows], yerr=_ci_err(rows), capsize=3,
+                  color=["#c8d3e6" if f else "#4c72b0" for f in few], ecolor="#333333")
+    for b, f in zip(bars, few):
+        if f:
+            b.set_hatch("//")
+    ax.set_xticks(range(len(names)),
+                  [f"{k}\n(n={groups[k]['n']}{', few' if f else ''})" for k, f in zip(names, few)],
+                  fontsize=6.5, rotation=30, ha="right")
     if reference is not None:
         ax.axhline(reference, color="#c44e52", ls="--", lw=1, label="clean accuracy")
         ax.legend(fontsize=7)
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel("accuracy (95% Wilson interval)")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
@@ -134,13 +174,54 @@ def tsne_png(features: np.ndarray, labels: np.ndarray, classes: Sequence[str], p
     return _save(fig, path)
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def mistakes_jpg(rows_by_class: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike,
+                 title: str = "") -> Path:
+    """A grid: one row per true class, its most confident mistakes left to right (image,
+    predicted class and probability); JPEG, a third of the PNG's size for a grid of photos. ``rows_by_class[c]``: dicts with ``rgb``, ``predicted``,
+    ``confidence``, ``key``; a class without mistakes gets an empty row saying so."""
+    plt = _plt()
+    classes = list(rows_by_class)
+    cols = max([1, *(len(v) for v in rows_by_class.values())])
+    fig, axes = plt.subplots(len(classes), cols, figsize=(max(1.35 * cols + 0.9, 5.0), 1.45 * len(classes) + 0.3),
+                             dpi=80, squeeze=False)  # 80 dpi: a 112 px face at about its own size
+    for i, c in enumerate(classes):
+        for j in range(cols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for side in ax.spines.values():
+                side.set_visible(False)
+            if j == 0:
+                ax.set_ylabel(c, fontsize=8)
+            items = rows_by_class[c]
+            if j < len(items):
+                it = items[j]
+                ax.imshow(it["rgb"])
+                ax.set_title(f"{it['predicted']} {float(it['confidence']):.2f}", fontsize=6.5, color="#c44e52")
+                ax.set_xlabel(str(it["key"])[-18:], fontsize=5)
+            elif j == 0:
+                ax.text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=7, transform=ax.transAxes)
+    fig.suptitle(title or "most confident mistakes per true class (title: predicted, probability)", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path, "jpeg")
+
+
+def _save(fig, path: str | os.PathLike, fmt: str = "png") -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", metadata=_PNG_META)
+    if fmt == "png":
+        fig.savefig(path, format="png", metadata=_PNG_META)
+    else:  # Pillow's encoder, fixed settings: the same bytes every run
+        fig.savefig(path, format=fmt, pil_kwargs={"quality": 85, "optimize": False, "progressive": False})
     _plt().close(fig)
     return path
 
 
 def png_data_uri(path: str | os.PathLike) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def image_data_uri(path: str | os.PathLike) -> str:
+    """A data URI for a PNG or JPEG figure, by its suffix."""
+    mime = "image/jpeg" if Path(path).suffix.lower() in (".jpg", ".jpeg") else "image/png"
+    return f"data:{mime};base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")

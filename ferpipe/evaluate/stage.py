@@ -1,23 +1,34 @@
 """The evaluate stage: a model on the clean test split, the real occlusion/pose subsets and the
-synthetic-occlusion set -> ``reports/metrics.json`` and ``reports/plots/``.
+synthetic-occlusion set -> ``reports/metrics.json``, ``reports/plots/`` and ``reports/report.md``.
 
 ``reports/metrics.json`` (DVC metrics; nested, so DVC shows dotted keys)::
 
-    {"clean": {"accuracy", "mean_class_accuracy", "macro_f1", "n", "recall": {class: r}},
-     "<subset>": {... , "by_code": {"code_1": {"accuracy", "n"}, ...}},
+    {"clean": {"n", "accuracy", "accuracy_ci95": {"lo", "hi"}, "mean_class_accuracy",
+               "mean_class_accuracy_ci95", "macro_f1", "macro_f1_ci95",
+               "per_class": {class: {"precision", "recall", "f1", "n"}}},
+     "<subset>": {... , "by_code": {"code_1": <group>, ...}},
      "synthetic-occlusion": {..., "by_occluder": {...}, "by_region": {"eyes": ...},
-                             "by_fraction": {"0.00-0.10": ...}, "accuracy_drop": clean - occluded},
-     "model": {...}}
+                             "by_fraction": {"0.00-0.10": ...},
+                             "accuracy_drop", "accuracy_drop_ci95", "accuracy_drop_pairs"},
+     "intervals": {what each interval is}, "model": {...}}
 
-(``clean`` is the clean ``evaluate.split``; ``by_*`` values are ``{"accuracy", "n"}``.)
-``reports/plots/``: ``<set>_predictions.csv`` (key, actual, predicted: DVC's confusion template),
-``<set>_confusion.csv`` / ``.png``, ``robustness.csv`` / ``.png``, ``by_occluder.csv`` / ``.png``,
-``by_region.csv`` / ``.png``, optionally ``tsne.png``. DVC's HTML needs the network for its
-plotting library, so the PNGs are what people look at offline.
+(``clean`` is the clean ``evaluate.split``; a ``<group>`` is ``{"accuracy", "accuracy_ci95", "n",
+"few"}``, ``few`` meaning n < ``evaluate.min_group_n``.) Every interval is 95%: Wilson score for
+accuracies, a seeded percentile bootstrap for mean class accuracy, macro-F1 and the (paired)
+accuracy drop (:mod:`ferpipe.evaluate.metrics`).
+
+``reports/plots/``: ``<set>_predictions.csv`` (key, actual, predicted: DVC's confusion template;
+then the predicted class's probability and every class's, ``p_<class>``), ``<set>_confusion.csv``
+/ ``.png``, ``<set>_mistakes.jpg`` (the most confident mistakes per true class),
+``robustness.csv`` / ``.png``, ``by_occluder.csv`` / ``.png``, ``by_region.csv`` / ``.png`` (with
+interval columns and error bars; few-sample groups flagged), optionally ``tsne.png``. DVC's HTML
+needs the network for its plotting library, so the PNGs and ``reports/report.md`` (every table,
+the figures by relative path) are what people look at offline.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,11 +39,19 @@ import numpy as np
 
 from ferpipe import shards
 from ferpipe.evaluate import plots
-from ferpipe.evaluate.metrics import classification_metrics, group_accuracy, robustness_curve
+from ferpipe.evaluate.markdown import with_ci, write_report_md
+from ferpipe.evaluate.metrics import (
+    accuracy_drop,
+    classification_metrics,
+    group_accuracy,
+    interval_methods,
+    robustness_curve,
+)
 from ferpipe.evaluate.params import EvaluateParams
 from ferpipe.evaluate.predict import CheckpointPredictor, Predictions, Predictor, check_label_map, shards_label_space
 from ferpipe.errors import ConfigError
 from ferpipe.layout import Layout
+from ferpipe.timings import write_report
 
 SYNTHETIC = "synthetic-occlusion"
 CLEAN = "clean"
@@ -46,40 +65,85 @@ class EvaluateReport:
     skipped_sets: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     metrics_path: str = ""
+    report_md: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def summary(self) -> str:
-        lines = [f"evaluate: {self.metrics_path} ({self.seconds:.1f}s)"]
+        lines = [f"evaluate: {self.metrics_path}, {self.report_md} ({self.seconds:.1f}s; 95% intervals: "
+                 f"Wilson for accuracy, bootstrap for mca and f1)"]
         for name, m in self.metrics.items():
             if isinstance(m, Mapping) and "accuracy" in m:
-                acc = m["accuracy"]
-                lines.append(f"  {name:<24} n={m['n']:<6} acc={'-' if acc is None else f'{acc:.4f}'} "
-                             f"mca={_f(m.get('mean_class_accuracy'))} f1={_f(m.get('macro_f1'))}")
+                lines.append(f"  {name:<24} n={m['n']:<6} acc={fmt_ci(m, 'accuracy')} "
+                             f"mca={fmt_ci(m, 'mean_class_accuracy')} f1={fmt_ci(m, 'macro_f1')}")
         for name, why in self.skipped_sets.items():
             lines.append(f"  {name:<24} skipped: {why}")
         return "\n".join(lines)
 
 
-def _f(x) -> str:
-    return "-" if x is None else f"{x:.4f}"
+def fmt_ci(m: Mapping[str, Any], key: str, digits: int = 3) -> str:
+    """``0.830 [0.791, 0.863]``: a value and its 95% interval ("-" when undefined)."""
+    return with_ci(_ci_columns(m, key), key, digits)
 
 
-def _set_metrics(pred: Predictions, classes: Sequence[str]) -> dict[str, Any]:
-    m = classification_metrics(pred.y_true, pred.y_pred, classes)
+def _ci_columns(m: Mapping[str, Any], key: str) -> dict[str, Any]:
+    ci = m.get(f"{key}_ci95") or {}
+    return {key: m.get(key), f"{key}_lo": ci.get("lo"), f"{key}_hi": ci.get("hi")}
+
+
+def _set_row(name: str, m: Mapping[str, Any]) -> dict[str, Any]:
+    return {"set": name, "n": m["n"], **_ci_columns(m, "accuracy"), **_ci_columns(m, "mean_class_accuracy"),
+            **_ci_columns(m, "macro_f1")}
+
+
+GROUP_COLUMNS = ["accuracy", "accuracy_lo", "accuracy_hi", "n", "few"]
+CURVE_COLUMNS = ["bin", "lo", "hi", "center", "n", "accuracy", "accuracy_lo", "accuracy_hi", "few"]
+
+
+def _group_rows(what: str, groups: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [{what: k, **_ci_columns(v, "accuracy"), "n": v["n"], "few": v["few"]} for k, v in groups.items()]
+
+
+def _set_metrics(pred: Predictions, classes: Sequence[str], params: EvaluateParams) -> dict[str, Any]:
+    m = classification_metrics(pred.y_true, pred.y_pred, classes, params.bootstrap_resamples, params.seed)
     m.pop("confusion")
     return m
+
+
+def most_confident_mistakes(pred: Predictions, classes: Sequence[str], per_class: int) -> dict[str, list[dict]]:
+    """Per true class, its wrong predictions by falling probability of the predicted class (ties:
+    by key), at most ``per_class``."""
+    conf = pred.y_prob[np.arange(len(pred.keys)), pred.y_pred] if len(pred.keys) else np.zeros(0)
+    out: dict[str, list[dict]] = {}
+    for c, name in enumerate(classes):
+        idx = [i for i in np.flatnonzero((pred.y_true == c) & (pred.y_pred != c))]
+        idx.sort(key=lambda i: (-float(conf[i]), pred.keys[i]))
+        out[name] = [{"key": pred.keys[i], "actual": name, "predicted": classes[int(pred.y_pred[i])],
+                      "confidence": round(float(conf[i]), 6)} for i in idx[:per_class]]
+    return out
+
+
+def _images(urls: Sequence[str], keys: set[str]) -> dict[str, np.ndarray]:
+    from PIL import Image  # noqa: PLC0415
+
+    found: dict[str, np.ndarray] = {}
+    for url in urls:
+        for key, fields in shards.iter_tar_samples(Path(url)):
+            if key in keys and "jpg" in fields:
+                found[key] = np.asarray(Image.open(io.BytesIO(fields["jpg"])).convert("RGB"))
+    return found
 
 
 def evaluate_sets(predictor: Predictor, clean_urls: Sequence[str], out_dir: str | os.PathLike,
                   params: EvaluateParams, subsets=None, synthetic_urls: Sequence[str] | None = None,
                   synthetic_meta=None) -> EvaluateReport:
-    """Predict each set, compute metrics, write ``<out_dir>/metrics.json`` and ``<out_dir>/plots``.
+    """Predict each set, compute metrics, write ``<out_dir>/metrics.json``, ``<out_dir>/plots`` and
+    ``<out_dir>/report.md``.
 
     ``subsets``: DataFrame (subset, key, code) of the clean split's keys (see
     :mod:`ferpipe.occlusion.subsets`); ``synthetic_meta``: the synthetic-occlusion metadata
-    DataFrame (key, occluder, regions, occluded_fraction)."""
+    DataFrame (key, source_key, occluder, regions, occluded_fraction)."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     plot_dir = out_dir / "plots"
@@ -89,15 +153,27 @@ def evaluate_sets(predictor: Predictor, clean_urls: Sequence[str], out_dir: str 
     images: dict[str, str] = {}
     skipped: dict[str, str] = {}
     check = getattr(predictor, "check", None)
+    min_n = params.min_group_n
 
-    def confusion_outputs(name: str, pred: Predictions) -> None:
-        conf = classification_metrics(pred.y_true, pred.y_pred, classes)["confusion"]
+    def set_outputs(name: str, pred: Predictions, m: Mapping[str, Any], urls: Sequence[str]) -> None:
+        conf = classification_metrics(pred.y_true, pred.y_pred, classes, 0)["confusion"]
         plots.write_csv(plot_dir / f"{name}_predictions.csv",
-                        plots.sample_rows(pred.keys, pred.y_true, pred.y_pred, classes), ["key", "actual", "predicted"])
+                        plots.prediction_rows(pred.keys, pred.y_true, pred.y_pred, pred.y_prob, classes),
+                        plots.prediction_columns(classes))
         plots.write_csv(plot_dir / f"{name}_confusion.csv", plots.confusion_rows(conf, classes),
                         ["actual", "predicted", "count"])
-        images[f"{name}_confusion"] = str(plots.confusion_png(conf, classes, plot_dir / f"{name}_confusion.png",
-                                                              f"{name} (n={len(pred.keys)})"))
+        images[f"{name}_confusion"] = str(plots.confusion_png(
+            conf, classes, plot_dir / f"{name}_confusion.png",
+            f"{name} (n={len(pred.keys)}): accuracy {fmt_ci(m, 'accuracy')}"))
+        tables[f"{name}_per_class"] = [{"class": c, **v} for c, v in m["per_class"].items()]
+        if params.mistakes_per_class:
+            worst = most_confident_mistakes(pred, classes, params.mistakes_per_class)
+            tables[f"{name}_mistakes"] = [r for rows in worst.values() for r in rows]
+            rgb = _images(urls, {r["key"] for r in tables[f"{name}_mistakes"]})
+            shown = {c: [{**r, "rgb": rgb[r["key"]]} for r in rows if r["key"] in rgb] for c, rows in worst.items()}
+            images[f"{name}_mistakes"] = str(plots.mistakes_jpg(
+                shown, plot_dir / f"{name}_mistakes.jpg",
+                f"{name}: most confident mistakes per true class (predicted, probability)"))
 
     clean = None
     if CLEAN in params.sets or "subsets" in params.sets:
@@ -105,8 +181,8 @@ def evaluate_sets(predictor: Predictor, clean_urls: Sequence[str], out_dir: str 
             check(clean_urls, f"{params.split} split")
         clean = predictor.predict(clean_urls)
     if clean is not None and CLEAN in params.sets:
-        metrics[CLEAN] = _set_metrics(clean, classes)
-        confusion_outputs(CLEAN, clean)
+        metrics[CLEAN] = _set_metrics(clean, classes, params)
+        set_outputs(CLEAN, clean, metrics[CLEAN], clean_urls)
         if params.tsne and clean.features is not None and len(clean.keys) >= 10:
             images["tsne"] = str(plots.tsne_png(clean.features, clean.y_true, classes, plot_dir / "tsne.png",
                                                 params.seed, params.tsne_max_points, f"t-SNE ({params.split})"))
@@ -117,15 +193,14 @@ def evaluate_sets(predictor: Predictor, clean_urls: Sequence[str], out_dir: str 
             rows = []
             for name, grp in subsets.groupby("subset", sort=True):
                 pred = clean.subset(list(grp["key"]))
-                m = _set_metrics(pred, classes)
+                m = _set_metrics(pred, classes, params)
                 codes = dict(zip(grp["key"], grp["code"]))
                 if any(c is not None for c in codes.values()):
                     ok = pred.y_true == pred.y_pred
-                    m["by_code"] = group_accuracy(ok, [codes[k] or "none" for k in pred.keys])
+                    m["by_code"] = group_accuracy(ok, [codes[k] or "none" for k in pred.keys], min_n)
                 metrics[str(name)] = m
-                rows.append({"set": str(name), "n": m["n"], "accuracy": m["accuracy"],
-                             "mean_class_accuracy": m["mean_class_accuracy"], "macro_f1": m["macro_f1"]})
-                confusion_outputs(str(name), pred)
+                rows.append(_set_row(str(name), m))
+                set_outputs(str(name), pred, m, clean_urls)
             tables["subsets"] = rows
     if SYNTHETIC in params.sets:
         if not synthetic_urls or synthetic_meta is None:
@@ -134,40 +209,47 @@ def evaluate_sets(predictor: Predictor, clean_urls: Sequence[str], out_dir: str 
             if callable(check):
                 check(synthetic_urls, SYNTHETIC)
             pred = predictor.predict(synthetic_urls)
-            m = _set_metrics(pred, classes)
+            m = _set_metrics(pred, classes, params)
             meta = synthetic_meta.set_index("key").loc[pred.keys]
             ok = pred.y_true == pred.y_pred
-            m["by_occluder"] = group_accuracy(ok, list(meta["occluder"]))
-            m["by_region"] = group_accuracy(ok, [list(r) for r in meta["regions"]])
-            curve = robustness_curve(meta["occluded_fraction"].to_numpy(), ok, params.fraction_bins)
-            m["by_fraction"] = {r["bin"]: {"accuracy": r["accuracy"], "n": r["n"]} for r in curve}
-            if CLEAN in metrics and metrics[CLEAN]["accuracy"] is not None and m["accuracy"] is not None:
-                m["accuracy_drop"] = round(metrics[CLEAN]["accuracy"] - m["accuracy"], 6)
+            m["by_occluder"] = group_accuracy(ok, list(meta["occluder"]), min_n)
+            m["by_region"] = group_accuracy(ok, [list(r) for r in meta["regions"]], min_n)
+            curve = robustness_curve(meta["occluded_fraction"].to_numpy(), ok, params.fraction_bins, min_n)
+            m["by_fraction"] = {r["bin"]: {"accuracy": r["accuracy"],
+                                           "accuracy_ci95": None if r["accuracy_lo"] is None else
+                                           {"lo": r["accuracy_lo"], "hi": r["accuracy_hi"]},
+                                           "n": r["n"], "few": r["few"]} for r in curve}
+            if clean is not None and CLEAN in metrics and "source_key" in meta:
+                # Paired: each occluded image against its own clean source image.
+                clean_ok = dict(zip(clean.keys, (clean.y_true == clean.y_pred).tolist()))
+                pairs = [(clean_ok[s], o) for s, o in zip(meta["source_key"], ok.tolist()) if s in clean_ok]
+                if pairs:
+                    c_ok, o_ok = (np.asarray(v, bool) for v in zip(*pairs))
+                    m.update(accuracy_drop(c_ok, o_ok, params.bootstrap_resamples, params.seed))
             metrics[SYNTHETIC] = m
-            confusion_outputs(SYNTHETIC, pred)
+            set_outputs(SYNTHETIC, pred, m, synthetic_urls)
             for what in ("by_occluder", "by_region"):
-                rows = [{what[3:]: k, **v} for k, v in m[what].items()]
+                rows = _group_rows(what[3:], m[what])
                 tables[what] = rows
-                plots.write_csv(plot_dir / f"{what}.csv", rows, [what[3:], "accuracy", "n"])
+                plots.write_csv(plot_dir / f"{what}.csv", rows, [what[3:], *GROUP_COLUMNS])
                 ref = metrics.get(CLEAN, {}).get("accuracy")
                 images[what] = str(plots.bars_png(m[what], plot_dir / f"{what}.png",
                                                   f"{SYNTHETIC}: accuracy {what.replace('_', ' ')}", ref))
             tables["robustness"] = curve
-            plots.write_csv(plot_dir / "robustness.csv", curve, ["bin", "lo", "hi", "center", "n", "accuracy"])
+            plots.write_csv(plot_dir / "robustness.csv", curve, CURVE_COLUMNS)
             images["robustness"] = str(plots.robustness_png({SYNTHETIC: curve}, plot_dir / "robustness.png"))
-    tables["metrics"] = [{"set": k, "n": v["n"], "accuracy": v["accuracy"],
-                          "mean_class_accuracy": v["mean_class_accuracy"], "macro_f1": v["macro_f1"]}
-                         for k, v in metrics.items() if isinstance(v, Mapping) and "accuracy" in v]
-    tables["recall"] = [{"set": k, **v["recall"]} for k, v in metrics.items()
-                        if isinstance(v, Mapping) and "recall" in v]
+    tables["metrics"] = [_set_row(k, v) for k, v in metrics.items() if isinstance(v, Mapping) and "accuracy" in v]
+    metrics["intervals"] = interval_methods(params.bootstrap_resamples, params.seed, min_n)
     describe = getattr(predictor, "describe", None)
     if callable(describe):
         d = describe()
         metrics["model"] = {"checkpoint": d.get("checkpoint"), "epoch": d.get("epoch")}
     mpath = out_dir / "metrics.json"
     shards.write_json_atomic(mpath, metrics)
-    return EvaluateReport(metrics=metrics, tables=tables, images=images, skipped_sets=skipped,
-                          seconds=round(time.perf_counter() - t0, 3), metrics_path=str(mpath))
+    report = EvaluateReport(metrics=metrics, tables=tables, images=images, skipped_sets=skipped,
+                            seconds=round(time.perf_counter() - t0, 3), metrics_path=str(mpath))
+    report.report_md = str(write_report_md(report, out_dir / "report.md"))
+    return report
 
 
 def _split_urls(shards_dir: Path, split: str) -> list[str]:
@@ -201,7 +283,7 @@ def run_evaluate(params, root: Path = Path("."), predictor: Predictor | None = N
         syn_urls = shards.shard_urls(occ_dir, SYNTHETIC)
         syn_meta = read_metadata(metadata_path(occ_dir))
     report = evaluate_sets(predictor, clean_urls, layout.reports, p, read_subsets(occ_dir), syn_urls, syn_meta)
-    shards.write_json_atomic(layout.stage_report("evaluate", dataset), report.to_dict())
+    write_report(layout.stage_report("evaluate", dataset), report.to_dict())
     return report
 
 

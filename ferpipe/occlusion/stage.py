@@ -15,6 +15,8 @@ from typing import Any
 
 from ferpipe import shards
 from ferpipe.layout import Layout
+from ferpipe.timings import write_report
+from ferpipe.occlusion.placement import placement_source
 from ferpipe.occlusion.subsets import build_subsets
 from ferpipe.occlusion.synthetic import (
     OcclusionReport,
@@ -67,8 +69,9 @@ def run_occlusion(params, root: Path = Path("."), recompute_priors: RecomputeFn 
     layout, dataset, source_dir, out_dir = occlusion_paths(params, root)
     p = params.occlusion
     recompute = recompute_priors or default_recompute(params, layout, source_dir, p.split)
-    report = synthetic_occlusion_stage(source_dir, out_dir, p, recompute, dataset, progress=progress)
+    report = synthetic_occlusion_stage(source_dir, out_dir, p, recompute, dataset, progress=progress,
+                                       placement=placement_source(layout, dataset))
     report.subsets = maybe_build_subsets(params, layout, dataset, out_dir)
     report.seconds = round(time.perf_counter() - t0, 3)
-    shards.write_json_atomic(layout.stage_report(STAGE, dataset), report.to_dict())
+    write_report(layout.stage_report(STAGE, dataset), report.to_dict())
     return report

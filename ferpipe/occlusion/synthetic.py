@@ -15,6 +15,11 @@ holds the occluded ``jpg``, the source ``cls``, the priors members returned by
 (set, occluder, placement, regions, region_coverage, occluded_fraction, sample_seed, variant,
 source_key, geometry_source, parsing_source).
 
+Occluders are placed from the data alone (:mod:`ferpipe.occlusion.placement`: ground truth when
+the dataset has it, else the dataset's landmarks and the aligned 5 points), never from the source's
+priors, which a trained network computed: the set's images and metadata stay byte-identical when
+the prior nets change. Only the occluded images' priors come from the model's prior backend.
+
 Per-sample randomness: ``numpy.random.default_rng(SeedSequence([seed, variant, key hash]))``,
 so a sample's occluder does not depend on shard layout or on the other samples.
 
@@ -47,6 +52,7 @@ from ferpipe import __version__, shards
 from ferpipe.occlusion.face import approx_parsing, coverage, face_geometry
 from ferpipe.occlusion.occluders import composite, draw_occluder
 from ferpipe.occlusion.params import OcclusionParams
+from ferpipe.occlusion.placement import PlacementSource
 
 SET_NAME = "synthetic-occlusion"
 STAGE = "occlusion"
@@ -69,7 +75,7 @@ def sample_seed(seed: int, key: str, variant: int = 0) -> int:
 def occlude(rgb: np.ndarray, parsing: np.ndarray | None, landmarks68: np.ndarray | None,
             points5: Sequence[float] | None, occluder: str | None, seed: int,
             occluders: Sequence[str] = (), cover_alpha: float = 0.5,
-            region_threshold: float = 0.3) -> tuple[np.ndarray, dict[str, Any]]:
+            region_threshold: float = 0.3, parsing_source: str = "given") -> tuple[np.ndarray, dict[str, Any]]:
     """Occlude one aligned face. ``occluder`` None draws one of ``occluders`` from ``seed``.
 
     Returns the occluded image and its facts (occluder, placement, regions, region_coverage,
@@ -82,10 +88,9 @@ def occlude(rgb: np.ndarray, parsing: np.ndarray | None, landmarks68: np.ndarray
             raise ValueError("no occluder types to draw from")
         occluder = str(occluders[int(rng.integers(len(occluders)))])
     geom = face_geometry(parsing, landmarks68, points5)
-    parsing_source = "priors"
     if parsing is None:
         parsing = approx_parsing(geom, rgb.shape[:2])
-        parsing_source = "points5-approximation"
+        parsing_source = "approximated-from-points"
     occ = draw_occluder(occluder, rng, geom, rgb)
     out = composite(rgb, occ)
     cov = coverage(occ.alpha, parsing, geom, cover_alpha, region_threshold)
@@ -151,10 +156,12 @@ def _rgb(data: bytes) -> np.ndarray:
 class OcclusionWorker:
     """ShardFn: occludes the samples of one source shard; metadata rows go to the stats."""
 
-    def __init__(self, source_dir: str | os.PathLike, params: OcclusionParams, recompute: RecomputeFn):
+    def __init__(self, source_dir: str | os.PathLike, params: OcclusionParams, recompute: RecomputeFn,
+                 placement: PlacementSource | None = None):
         self.source_dir = Path(source_dir)
         self.params = params
         self.recompute = recompute
+        self.placement = placement or PlacementSource()
 
     def __call__(self, spec: shards.ShardSpec, sink: shards.ShardSink) -> dict[str, Any]:
         p = self.params
@@ -174,9 +181,6 @@ class OcclusionWorker:
                 try:
                     rgb = _rgb(fields["jpg"])
                     meta = json.loads(fields["json"])
-                    parsing = shards.decode_png(fields["parsing.png"]) if "parsing.png" in fields else None
-                    lmk = (np.load(io.BytesIO(fields["landmarks.npy"]), allow_pickle=False)[0]
-                           if "landmarks.npy" in fields else None)
                 except Exception as e:  # noqa: BLE001 - one bad sample, never the shard
                     for it in wanted.pop(key):
                         sink.skip(str(it["key"]), src, "corrupt_sample", f"{type(e).__name__}: {e}")
@@ -185,8 +189,12 @@ class OcclusionWorker:
                     okey, variant = str(it["key"]), int(it["variant"])
                     seed = sample_seed(p.seed, key, variant)
                     try:
-                        occluded, facts = occlude(rgb, parsing, lmk, meta.get("points_aligned"), None, seed,
-                                                  p.occluders, p.cover_alpha, p.region_threshold)
+                        # Never the source's priors: they come from a trained network (see placement).
+                        where = self.placement(meta, rgb.shape[:2])
+                        occluded, facts = occlude(rgb, where.parsing, where.landmarks68, where.points5, None, seed,
+                                                  p.occluders, p.cover_alpha, p.region_threshold,
+                                                  where.parsing_source)
+                        facts["geometry_source"] = where.geometry_source
                     except ValueError as e:
                         sink.skip(okey, src, "no_geometry", str(e))
                         continue
@@ -269,12 +277,18 @@ def backend_recompute(priors_params, models_dir: str | os.PathLike) -> BackendRe
 # --- entry points -------------------------------------------------------------------------------
 
 
+def _inputs_desc(recompute: RecomputeFn, placement: PlacementSource) -> str:
+    return describe_recompute(recompute) + "/" + shards.canonical_json(placement.describe()).decode()
+
+
 def occlusion_shard(spec: shards.ShardSpec, source_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                    params: OcclusionParams, recompute: RecomputeFn, verify: bool = True) -> dict[str, Any]:
+                    params: OcclusionParams, recompute: RecomputeFn, verify: bool = True,
+                    placement: PlacementSource | None = None) -> dict[str, Any]:
     """Build one synthetic-occlusion shard (idempotent) and return its stats (a flow maps this)."""
-    worker = OcclusionWorker(source_dir, params, recompute)
+    placement = placement or PlacementSource()
+    worker = OcclusionWorker(source_dir, params, recompute, placement)
     return shards.process_shard(spec, worker, out_dir,
-                                fingerprint=_fingerprint(spec, params, describe_recompute(recompute)),
+                                fingerprint=_fingerprint(spec, params, _inputs_desc(recompute, placement)),
                                 verify=verify)
 
 
@@ -297,6 +311,8 @@ class OcclusionReport:
     metadata: str
     shard_stats: list[dict[str, Any]] = field(default_factory=list)
     subsets: dict[str, Any] = field(default_factory=dict)
+    # What placed the occluders (ferpipe.occlusion.placement): samples per geometry source.
+    by_placement: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -305,7 +321,8 @@ class OcclusionReport:
         lines = [f"{SET_NAME} {self.dataset}: {self.samples} samples, {self.skipped} skipped, "
                  f"mean occluded fraction {self.mean_occluded_fraction:.3f}, {self.seconds:.1f}s "
                  f"({self.samples_per_second:.1f}/s, {self.shards_resumed} shards resumed) -> {self.out_dir}",
-                 f"  occluders: {self.by_occluder}", f"  regions:   {self.by_region}"]
+                 f"  occluders: {self.by_occluder}", f"  regions:   {self.by_region}",
+                 f"  placed on: {self.by_placement}"]
         if self.skipped_by_reason:
             lines.append(f"  skipped: {self.skipped_by_reason}")
         for name, s in self.subsets.get("subsets", {}).items():
@@ -378,19 +395,23 @@ def finalize_occlusion(out_dir: str | os.PathLike, source_dir: str | os.PathLike
         by_occluder=_counts(r["occluder"] for r in rows), by_region=dict(sorted(by_region.items())),
         mean_occluded_fraction=round(float(np.mean(fr)), 4) if fr else 0.0, shards_resumed=resumed,
         seconds=round(seconds, 3), samples_per_second=round(processed / seconds, 3) if seconds > 0 else 0.0,
-        index_sha256=index["sha256"], metadata=str(meta), shard_stats=table, subsets=dict(subsets or {}))
+        index_sha256=index["sha256"], metadata=str(meta), shard_stats=table, subsets=dict(subsets or {}),
+        by_placement=_counts(r["geometry_source"] for r in rows))
 
 
 def synthetic_occlusion_stage(source_dir: str | os.PathLike, out_dir: str | os.PathLike,
                               params: OcclusionParams, recompute: RecomputeFn, dataset: str = "",
-                              progress: bool = True) -> OcclusionReport:
-    """Every source shard of ``params.split`` -> ``out_dir`` (local loop; resumes done shards)."""
+                              progress: bool = True, placement: PlacementSource | None = None) -> OcclusionReport:
+    """Every source shard of ``params.split`` -> ``out_dir`` (local loop; resumes done shards).
+    ``placement``: where occluders go (:mod:`ferpipe.occlusion.placement`; default: the aligned
+    samples' own points)."""
+    placement = placement or PlacementSource()
     t0 = time.perf_counter()
     plans = plan_occlusion(source_dir, params.split, params.variants)
-    worker = OcclusionWorker(source_dir, params, recompute)
+    worker = OcclusionWorker(source_dir, params, recompute, placement)
     run = shards.run_sharded_stage(plans, worker, out_dir,
                                    fingerprint_fn=partial(_fingerprint, params=params,
-                                                          recompute_desc=describe_recompute(recompute)),
+                                                          recompute_desc=_inputs_desc(recompute, placement)),
                                    progress=progress, desc=SET_NAME)
     return finalize_occlusion(out_dir, source_dir, plans, run.stats, dataset or Path(source_dir).name,
                               time.perf_counter() - t0)

@@ -40,6 +40,7 @@ from ferpipe import __version__, shards
 from ferpipe.priors.backends import PriorBackend, build_backend
 from ferpipe.priors.domain import check_domain, dataset_domain, mismatch_note
 from ferpipe.priors.params import PriorsParams
+from ferpipe.timings import write_report
 
 STAGE = "priors"
 # Params that change speed or reporting only. batch_size is *not* one of them: oneDNN's
@@ -343,7 +344,7 @@ def run_priors(params, root: Path = Path(".")) -> PriorsReport:
     report = priors_stage(layout.shards("aligned", dataset), layout.shards("priors", dataset),
                           params.priors, layout.models, data_domain=dataset_domain(params.download))
     out = layout.stage_report("priors", dataset)
-    shards.write_json_atomic(out, report.to_dict())
+    write_report(out, report.to_dict())
     return report
 
 

@@ -275,10 +275,11 @@ def prior_nets_stage(params: PriorNetsParams, out_dir: str | Path, root: str | P
                    domain=params.source)
     doc = {**metrics, "setup": setup, "train": {"parser": ptrain, "landmarks": ltrain},
            "nme_normaliser": "outer eye corners (iBUG 36-45)",
-           "miou_resolution": params.input_size}
-    from ferpipe.shards import write_json_atomic  # noqa: PLC0415
+           "miou_resolution": params.input_size, "seconds_by_part": parts}
+    from ferpipe.timings import write_report  # noqa: PLC0415
 
-    write_json_atomic(out_dir / METRICS_FILE, doc)
+    # Timings to reports/timings/: metrics.json is a DVC metric, the same bytes on a rerun.
+    write_report(out_dir / METRICS_FILE, doc, timings=root / "reports" / "timings" / "prior-nets" / METRICS_FILE)
     report = PriorNetsReport(out_dir=str(out_dir), source=params.source, n_train=len(train),
                              n_test=len(test), metrics=metrics,
                              seconds=round(time.perf_counter() - t0, 2), seconds_by_part=parts)

@@ -62,7 +62,11 @@ class DownloadReport:
         return sum(row["total"] for row in self.counts)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        """The report file: without this run's timings (a DVC out, the same bytes on a rerun; the
+        summary and the flow's log show them)."""
+        from ferpipe.timings import split_run_facts  # noqa: PLC0415
+
+        return json.dumps(split_run_facts(asdict(self))[0], indent=2, sort_keys=True)
 
     def summary(self) -> str:
         lines = [f"download {self.dataset}: {self.n_usable} usable images in {self.seconds:.1f}s "
@@ -337,6 +341,11 @@ def download_stage(params: DownloadParams, layout: Layout, log: Callable[[str], 
     rejected += not_copied + hidden_entries(raw)
     if not rows:
         raise DataError(f"{raw}: the {params.format} reader found no images; is download.format right?")
+    if ground_truth:
+        # Inside the raw copy (a DVC out), so the evaluation sets built from it (synthetic
+        # occlusion places its occluders on it) are there wherever the data is pulled.
+        shutil.copyfile(ground_truth, layout.ground_truth(params.dataset))
+        ground_truth = str(layout.ground_truth(params.dataset))
 
     import pandas as pd
 

@@ -74,7 +74,7 @@ def model_card(*, model_name: str, preset: str, config: dict[str, Any], model_kw
         lines += ["## Differences from the paper and the release", ""] + [f"- {n}" for n in notes] + [""]
     lines += ["## Result (model selected on val; test read once)", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(metrics.get(k))} |" for k in
-              ("best_epoch", "val_acc", "test_acc", "test_macro_f1", "train_images_per_s", "seconds")]
+              ("best_epoch", "val_acc", "test_acc", "test_macro_f1")]
     lines += ["", "## Model", "", f"- `create_model({model_name!r}, **model_kwargs)`, {num_params:,} parameters",
               f"- model_kwargs: `{model_kwargs}`", "", "## Recipe", "", "| field | value |", "|---|---|"]
     skip = {"model", "model_kwargs", "model_kwargs_from_data", "preset"}

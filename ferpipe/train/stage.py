@@ -37,6 +37,7 @@ import torch.distributed as dist
 from ferpipe.errors import ConfigError, FerpipeError
 from ferpipe.layout import Layout
 from ferpipe.shards import write_json_atomic
+from ferpipe.timings import split_run_facts, write_report
 
 from . import checkpoint as ckpt_io
 from . import data as D
@@ -240,17 +241,19 @@ def train_stage(params: TrainParams, layout: Layout, callbacks: Sequence[EpochCa
                 for h in result.history:
                     live(h)
             live.finish(result, shards.label_space["classes"])
-            write_json_atomic(report_dir / "metrics.json", report.metrics)
+            # Timings and resume facts go to reports/timings/train/ (ferpipe.timings): these files
+            # are DVC outs, byte-identical when a finished stage reruns.
+            write_report(report_dir / "metrics.json", report.metrics)
             write_resolved_params(report_dir / "params.yaml", cfg, params)
-            write_json_atomic(report_dir / "history.json", result.history)
+            write_report(report_dir / "history.json", result.history)
             write_json_atomic(report_dir / "test_confusion.json",
                               {"classes": shards.label_space["classes"], "matrix": result.test["confusion"]})
             _curves_png(result.history, report_dir / "curves.png")
             write_model_card(model_dir / "MODEL_CARD.md", model_name=cfg.model, preset=cfg.preset,
                              config=cfg.to_dict(), model_kwargs=result.model_kwargs, num_params=result.num_params,
                              dataset=params.dataset, label_space=shards.label_space,
-                             index_sha256=shards.index_sha256, counts=shards.counts, metrics=report.metrics,
-                             prior=shards.prior_meta)
+                             index_sha256=shards.index_sha256, counts=shards.counts,
+                             metrics=split_run_facts(report.metrics)[0], prior=shards.prior_meta)
         return report
     finally:
         if started_dist:
