@@ -36,12 +36,9 @@ def read_checkpoint(source, what: str) -> Mapping[str, Any]:
     path = os.fspath(source)
     if not os.path.isfile(path):
         raise MissingCheckpointError(path, what=what)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors come in many types
-        raise FerpipeError(
-            f"cannot read {path} ({what}) as a weights-only torch checkpoint: {exc}"
-        ) from exc
+    from ferpipe.safe_load import read_weights_only  # noqa: PLC0415
+
+    return read_weights_only(path, what)
 
 
 def strip_module_prefix(state: Mapping[str, Any]) -> "OrderedDict[str, Any]":

@@ -182,10 +182,9 @@ def load_prior_net(path: str | os.PathLike, arch: str) -> PriorNet:
         raise MissingCheckpointError(path, what=_WHAT[arch] + "; run `ferpipe prior-nets` to "
                                      "train it, or use priors.backend=official",
                                      where="models/prior_nets/")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - pickle errors come in many types
-        raise FerpipeError(f"cannot read {path} ({_WHAT[arch]}): {exc}") from exc
+    from ferpipe.safe_load import read_weights_only  # noqa: PLC0415
+
+    obj = read_weights_only(path, _WHAT[arch])
     if not isinstance(obj, Mapping) or obj.get("format") != CKPT_FORMAT or obj.get("arch") != arch:
         raise FerpipeError(f"{path} is not a {arch} checkpoint in format {CKPT_FORMAT} "
                            f"(found format {obj.get('format') if isinstance(obj, Mapping) else None!r}, "

@@ -36,11 +36,8 @@ import dataclasses
 import errno
 from collections import OrderedDict
 import os
-import pickle
 import random
-import re
 import tempfile
-import zipfile
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -48,6 +45,8 @@ import numpy as np
 import torch
 
 from ferpipe.errors import FerpipeError
+from ferpipe.safe_load import first_line as _first_line
+from ferpipe.safe_load import read_weights_only
 
 FORMAT = "ferpipe-train/1"
 LAST, BEST = "last.pt", "best.pt"
@@ -136,48 +135,6 @@ def plain(obj: Any) -> Any:
 def _as_tuples(v: Any) -> Any:
     # random.setstate wants tuples; a state that went through a list-only format comes back as lists.
     return tuple(_as_tuples(x) for x in v) if isinstance(v, (list, tuple)) else v
-
-
-def _numpy_globals() -> list[Any]:
-    # Checkpoints written before save_atomic went plain hold numpy's RNG state as an ndarray:
-    # array/scalar reconstructors and dtypes only, which build data and call nothing else.
-    from numpy import dtypes  # noqa: PLC0415
-    from numpy._core import multiarray  # noqa: PLC0415
-
-    return [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype,
-            *(getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType"))]
-
-
-def read_weights_only(path: str | os.PathLike, what: str, map_location="cpu") -> Any:
-    """``torch.load(weights_only=True)`` with every way a file can be bad made a FerpipeError
-    that names it; a file whose pickle asks for code is refused without running it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FerpipeError(f"no {what} at {path}" + (" (it is a directory)" if path.is_dir() else ""))
-    if path.stat().st_size == 0:
-        raise FerpipeError(f"{what} {path} is empty (0 bytes); was its write interrupted? "
-                           f"Delete it, or rerun the stage that writes it")
-    try:
-        with torch.serialization.safe_globals(_numpy_globals()):
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        wanted = re.search(r"GLOBAL (\S+)", str(exc))
-        if wanted is None:  # not a refusal: bytes that are no pickle at all
-            raise FerpipeError(f"{what} {path} is corrupt or not a torch checkpoint ({_first_line(exc)}); "
-                               f"delete it, or rerun the stage that writes it") from None
-        raise FerpipeError(f"{what} {path} was refused: loading it would call {wanted.group(1)}, which is "
-                           f"neither a tensor nor plain data. ferpipe loads checkpoints with "
-                           f"torch.load(weights_only=True) and never runs code from one; use a checkpoint "
-                           f"ferpipe wrote") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError,
-            ImportError, TypeError, KeyError, IndexError) as exc:
-        raise FerpipeError(f"{what} {path} is truncated or not a torch checkpoint ({_first_line(exc)}); "
-                           f"delete it, or rerun the stage that writes it") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
 
 
 def load(path: str | os.PathLike, map_location="cpu") -> dict[str, Any]:
