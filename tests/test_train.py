@@ -360,6 +360,8 @@ def test_stage_writes_model_dir_and_reports(feat, tmp_path, monkeypatch):
     assert (tmp_path / "models/train/tiny/best.pt").exists() and (tmp_path / "models/train/tiny/last.pt").exists()
     m = json.loads((tmp_path / "reports/train/metrics.json").read_text())
     assert {"val_acc", "test_acc", "best_epoch", "test_macro_f1"} <= set(m) and m["epochs"] == 2
+    ci = m["test_acc_ci95"]  # a Wilson interval around the accuracy, as evaluate's
+    assert 0.0 <= ci["lo"] <= m["test_acc"] <= ci["hi"] <= 1.0 and ci["hi"] - ci["lo"] > 0
     assert (tmp_path / "reports/train/live/metrics.json").exists()
     assert list((tmp_path / "reports/train/live/plots/metrics").rglob("*.tsv"))
     assert (tmp_path / "reports/train/curves.png").exists()

@@ -272,6 +272,12 @@ def _report(params: TrainParams, cfg: TrainConfig, result: TrainResult, model_di
         "train_images_per_s": result.images_per_s, "seconds": result.seconds,
         "resumed_from_epoch": result.resumed_from, "world_size": result.world,
     }
+    # Wilson intervals, as evaluate's (ferpipe.evaluate.metrics): k is recovered from acc * n.
+    from ferpipe.evaluate.metrics import wilson_interval  # noqa: PLC0415
+
+    for key, n in (("test_acc", result.test.get("n")), ("val_acc", val.get("n"))):
+        if n and metrics.get(key) is not None:
+            metrics[f"{key}_ci95"] = wilson_interval(round(metrics[key] * n), n)
     if result.world > 1:
         metrics["ranks_identical"] = True  # fit() raises when the ranks' final weights differ
     rel = lambda p: os.path.relpath(p, root)  # noqa: E731
