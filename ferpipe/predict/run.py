@@ -7,7 +7,6 @@ rows and thumbnails (what a Prefect flow publishes).
 
 from __future__ import annotations
 
-import base64
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -16,6 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from ferpipe.errors import FerpipeError
 from ferpipe.predict import io as _io
+from ferpipe.thumbs import jpeg_data_uri
 
 
 @dataclass
@@ -52,16 +52,6 @@ class PredictReport:
         return "\n".join(lines)
 
 
-def _thumb(rgb, size: int = 160) -> str:
-    import cv2  # noqa: PLC0415
-
-    h, w = rgb.shape[:2]
-    s = size / max(h, w)
-    im = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
-    ok, buf = cv2.imencode(".jpg", im[:, :, ::-1].copy(), [cv2.IMWRITE_JPEG_QUALITY, 85])
-    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
-
-
 def _check_inputs(paths, every: int, fps: float | None, ann_dir: Path | None, overwrite: bool) -> None:
     if every < 1:
         raise FerpipeError("--every must be >= 1")
@@ -96,7 +86,7 @@ def _tally(rep: PredictReport, item: Mapping[str, Any], rows: list[dict[str, Any
         top = [r for r in rows if r["status"] == "ok"]
         rep.gallery.append({"source": item["source"], "frame": item.get("frame"),
                             "label": ", ".join(f"{r['top_class']} {r['top_prob']:.2f}" for r in top),
-                            "data_uri": _thumb(_io.draw(rgb, rows))})
+                            "data_uri": jpeg_data_uri(_io.draw(rgb, rows), 160, area_when_enlarging=True)})
 
 
 class _Annotator:
