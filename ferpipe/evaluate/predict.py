@@ -121,10 +121,10 @@ class CheckpointPredictor:
         import torch  # noqa: PLC0415
 
         from ferpipe.models import create_model  # noqa: PLC0415
-        from ferpipe.train.loop import resolve_device  # noqa: PLC0415
+        from ferpipe.devices import resolve_device  # noqa: PLC0415
         from ferpipe.train.checkpoint import unwrap  # noqa: PLC0415
 
-        self.device = resolve_device(self.device_name)
+        self.device = resolve_device(self.device_name, "evaluate.device")
         model = create_model(self.ckpt["model_name"], **self.ckpt.get("model_kwargs", {}))
         unwrap(model).load_state_dict(self.ckpt["model"])
         model.to(self.device).eval()

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ferpipe.devices import resolve_device
 from ferpipe.errors import ConfigError, MissingCheckpointError
 from ferpipe.priors.conventions import IMAGENET_MEAN, IMAGENET_STD, NUM_POINTS, parsing_from_68
 from ferpipe.priors.params import PriorsParams
@@ -62,14 +63,6 @@ def model_input(crops: Sequence[np.ndarray], size: int) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return (x - mean) / std
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("priors.device is 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
-    return torch.device(device)
 
 
 def resolve_model_path(models_dir: str | os.PathLike, rel: str) -> Path:
@@ -97,7 +90,7 @@ class PriorBackend:
             raise ConfigError(f"priors.backend={self.name} cannot produce priors.kind="
                               f"{params.kind!r}; it supports {list(self.kinds)}")
         self.params = params
-        self.device = resolve_device(params.device)
+        self.device = resolve_device(params.device, "priors.device")
 
     def describe(self) -> dict[str, Any]:
         raise NotImplementedError
