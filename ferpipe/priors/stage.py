@@ -284,12 +284,8 @@ def prior_description(out_dir: str | os.PathLike, splits: Sequence[str]) -> dict
     """The ``priors`` object of the first written sample, less its shapes: what the shards
     hold, read back from them (so a flow, whose shards ran elsewhere, needs no model load);
     empty when no sample was written."""
-    for split in splits:
-        for url in shards.shard_urls(out_dir, split):
-            for name, data in shards.iter_tar_members(url):
-                if name.endswith(".json"):
-                    return {k: v for k, v in json.loads(data)["priors"].items() if k != "shapes"}
-    return {}
+    meta = shards.first_sample_json(url for split in splits for url in shards.shard_urls(out_dir, split))
+    return {} if meta is None else {k: v for k, v in meta["priors"].items() if k != "shapes"}
 
 
 def build_report(stats: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: Path,
@@ -403,8 +399,8 @@ def gallery_rows(out_dir: str | os.PathLike, split: str | None = None, limit: in
                 lmk, seg = decode_npy(fields["lmk.npy"]), decode_npy(fields["seg.npy"])
                 row["cells"] = [jpeg_data_uri(rgb, thumb), jpeg_data_uri(_energy(lmk[0], thumb), thumb),
                                 jpeg_data_uri(_energy(seg[0], thumb), thumb),
-                                _thumb_uri(_energy(lmk[1], thumb), thumb),
-                                _thumb_uri(_energy(seg[1], thumb), thumb)]
+                                jpeg_data_uri(_energy(lmk[1], thumb), thumb),
+                                jpeg_data_uri(_energy(seg[1], thumb), thumb)]
             rows.append(row)
             if len(rows) >= limit:
                 return rows
