@@ -576,6 +576,16 @@ def iter_tar_members(path: str | os.PathLike) -> Iterator[tuple[str, bytes]]:
             yield m.name, (f.read() if f is not None else b"")
 
 
+def first_sample_json(urls: Iterable[str | os.PathLike]) -> dict[str, Any] | None:
+    """The json of the first sample that has one, over the shards ``urls`` in order (read lazily,
+    so later shards are not opened); None when none has."""
+    for url in urls:
+        for name, data in iter_tar_members(url):
+            if name.endswith(".json"):
+                return json.loads(data)
+    return None
+
+
 def tar_keys(path: str | os.PathLike) -> list[str]:
     """The sample keys of one shard, in file order (headers only; no member is read)."""
     keys: list[str] = []

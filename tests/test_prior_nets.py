@@ -161,3 +161,24 @@ def test_training_is_deterministic(tmp_path):
     sa = torch.load(tmp_path / "a" / "landmarks.pt", weights_only=True)["state_dict"]
     sb = torch.load(tmp_path / "b" / "landmarks.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_pixel_confusion_and_miou_match_a_direct_count():
+    """The parser's confusion (scikit-learn) equals counting (truth, prediction) pixel pairs,
+    also with classes absent from the truth or never predicted; mIoU averages only the classes
+    present in the truth."""
+    rng = np.random.default_rng(3)
+    n = 11
+    for hi_true, hi_pred in ((n, n), (6, n), (n, 4)):
+        t = rng.integers(0, hi_true, (5, 24, 24)).astype(np.uint8)
+        p = rng.integers(0, hi_pred, (5, 24, 24)).astype(np.uint8)
+        want = np.zeros((n, n), np.int64)
+        np.add.at(want, (t.ravel().astype(int), p.ravel().astype(int)), 1)
+        got = confusion(p, t)
+        assert got.dtype == np.int64 and (got == want).all()
+        m = parsing_metrics(got)
+        present = [c for c in range(n) if (t == c).any()]
+        ious = [((t == c) & (p == c)).sum() / ((t == c) | (p == c)).sum() for c in present]
+        assert m["miou"] == pytest.approx(float(np.mean(ious)), abs=1e-12)
+        assert sum(v is not None for v in m["iou"].values()) == len(present)
+        assert m["pixel_accuracy"] == pytest.approx(float((t == p).mean()), abs=1e-12)

@@ -217,10 +217,6 @@ def _save(fig, path: str | os.PathLike, fmt: str = "png") -> Path:
     return path
 
 
-def png_data_uri(path: str | os.PathLike) -> str:
-    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
-
-
 def image_data_uri(path: str | os.PathLike) -> str:
     """A data URI for a PNG or JPEG figure, by its suffix."""
     mime = "image/jpeg" if Path(path).suffix.lower() in (".jpg", ".jpeg") else "image/png"

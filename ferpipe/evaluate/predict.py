@@ -68,11 +68,8 @@ def _space_dict(space: Any) -> dict[str, Any] | None:
 
 def shards_label_space(urls: Sequence[str]) -> dict[str, Any] | None:
     """The label space recorded in the first sample's json (dict, JSON text or a space name)."""
-    for url in urls:
-        for name, data in _shards.iter_tar_members(url):
-            if name.endswith(".json"):
-                return _space_dict(json.loads(data).get("label_space"))
-    return None
+    meta = _shards.first_sample_json(urls)
+    return None if meta is None else _space_dict(meta.get("label_space"))
 
 
 def check_label_map(model_space: Any, data_space: Any, model_what: str = "checkpoint",
@@ -121,10 +118,10 @@ class CheckpointPredictor:
         import torch  # noqa: PLC0415
 
         from ferpipe.models import create_model  # noqa: PLC0415
-        from ferpipe.train.loop import resolve_device  # noqa: PLC0415
+        from ferpipe.devices import resolve_device  # noqa: PLC0415
         from ferpipe.train.checkpoint import unwrap  # noqa: PLC0415
 
-        self.device = resolve_device(self.device_name)
+        self.device = resolve_device(self.device_name, "evaluate.device")
         model = create_model(self.ckpt["model_name"], **self.ckpt.get("model_kwargs", {}))
         unwrap(model).load_state_dict(self.ckpt["model"])
         model.to(self.device).eval()

@@ -135,6 +135,87 @@ def _images(urls: Sequence[str], keys: set[str]) -> dict[str, np.ndarray]:
     return found
 
 
+def _write_set_outputs(name: str, pred: Predictions, m: Mapping[str, Any], urls: Sequence[str],
+                       classes: list[str], params: EvaluateParams, plot_dir: Path,
+                       tables: dict[str, list[dict[str, Any]]], images: dict[str, str]) -> None:
+    """One set's predictions CSV, confusion CSV/PNG, per-class table and mistakes gallery."""
+    conf = classification_metrics(pred.y_true, pred.y_pred, classes, 0)["confusion"]
+    plots.write_csv(plot_dir / f"{name}_predictions.csv",
+                    plots.prediction_rows(pred.keys, pred.y_true, pred.y_pred, pred.y_prob, classes),
+                    plots.prediction_columns(classes))
+    plots.write_csv(plot_dir / f"{name}_confusion.csv", plots.confusion_rows(conf, classes),
+                    ["actual", "predicted", "count"])
+    images[f"{name}_confusion"] = str(plots.confusion_png(
+        conf, classes, plot_dir / f"{name}_confusion.png",
+        f"{name} (n={len(pred.keys)}): accuracy {fmt_ci(m, 'accuracy')}"))
+    tables[f"{name}_per_class"] = [{"class": c, **v} for c, v in m["per_class"].items()]
+    if params.mistakes_per_class:
+        worst = most_confident_mistakes(pred, classes, params.mistakes_per_class)
+        tables[f"{name}_mistakes"] = [r for rows in worst.values() for r in rows]
+        rgb = _images(urls, {r["key"] for r in tables[f"{name}_mistakes"]})
+        shown = {c: [{**r, "rgb": rgb[r["key"]]} for r in rows if r["key"] in rgb] for c, rows in worst.items()}
+        images[f"{name}_mistakes"] = str(plots.mistakes_jpg(
+            shown, plot_dir / f"{name}_mistakes.jpg",
+            f"{name}: most confident mistakes per true class (predicted, probability)"))
+
+
+def _subset_metrics(clean: Predictions, subsets, classes: Sequence[str],
+                    params: EvaluateParams) -> dict[str, tuple[Predictions, dict[str, Any]]]:
+    """Per real subset (sorted by name): its slice of the clean predictions and its metrics, with
+    ``by_code`` where the subset records codes."""
+    out = {}
+    for name, grp in subsets.groupby("subset", sort=True):
+        pred = clean.subset(list(grp["key"]))
+        m = _set_metrics(pred, classes, params)
+        codes = dict(zip(grp["key"], grp["code"]))
+        if any(c is not None for c in codes.values()):
+            ok = pred.y_true == pred.y_pred
+            m["by_code"] = group_accuracy(ok, [codes[k] or "none" for k in pred.keys], params.min_group_n)
+        out[str(name)] = (pred, m)
+    return out
+
+
+def _synthetic_metrics(pred: Predictions, synthetic_meta, clean: Predictions | None, classes: Sequence[str],
+                       params: EvaluateParams) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The synthetic-occlusion set's metrics, broken down by occluder, region and occluded
+    fraction, plus the paired accuracy drop against the clean sources when ``clean`` is given;
+    and the robustness curve's rows."""
+    min_n = params.min_group_n
+    m = _set_metrics(pred, classes, params)
+    meta = synthetic_meta.set_index("key").loc[pred.keys]
+    ok = pred.y_true == pred.y_pred
+    m["by_occluder"] = group_accuracy(ok, list(meta["occluder"]), min_n)
+    m["by_region"] = group_accuracy(ok, [list(r) for r in meta["regions"]], min_n)
+    curve = robustness_curve(meta["occluded_fraction"].to_numpy(), ok, params.fraction_bins, min_n)
+    m["by_fraction"] = {r["bin"]: {"accuracy": r["accuracy"],
+                                   "accuracy_ci95": None if r["accuracy_lo"] is None else
+                                   {"lo": r["accuracy_lo"], "hi": r["accuracy_hi"]},
+                                   "n": r["n"], "few": r["few"]} for r in curve}
+    if clean is not None and "source_key" in meta:
+        # Paired: each occluded image against its own clean source image.
+        clean_ok = dict(zip(clean.keys, (clean.y_true == clean.y_pred).tolist()))
+        pairs = [(clean_ok[s], o) for s, o in zip(meta["source_key"], ok.tolist()) if s in clean_ok]
+        if pairs:
+            c_ok, o_ok = (np.asarray(v, bool) for v in zip(*pairs))
+            m.update(accuracy_drop(c_ok, o_ok, params.bootstrap_resamples, params.seed))
+    return m, curve
+
+
+def _write_synthetic_breakdowns(m: Mapping[str, Any], curve: list[dict[str, Any]], clean_accuracy,
+                                plot_dir: Path, tables: dict[str, list[dict[str, Any]]],
+                                images: dict[str, str]) -> None:
+    """by_occluder / by_region / robustness tables, CSVs and PNGs."""
+    for what in ("by_occluder", "by_region"):
+        rows = _group_rows(what[3:], m[what])
+        tables[what] = rows
+        plots.write_csv(plot_dir / f"{what}.csv", rows, [what[3:], *GROUP_COLUMNS])
+        images[what] = str(plots.bars_png(m[what], plot_dir / f"{what}.png",
+                                          f"{SYNTHETIC}: accuracy {what.replace('_', ' ')}", clean_accuracy))
+    tables["robustness"] = curve
+    plots.write_csv(plot_dir / "robustness.csv", curve, CURVE_COLUMNS)
+    images["robustness"] = str(plots.robustness_png({SYNTHETIC: curve}, plot_dir / "robustness.png"))
+
+
 def evaluate_sets(predictor: Predictor, clean_urls: Sequence[str], out_dir: str | os.PathLike,
                   params: EvaluateParams, subsets=None, synthetic_urls: Sequence[str] | None = None,
                   synthetic_meta=None) -> EvaluateReport:
@@ -153,27 +234,9 @@ def evaluate_sets(predictor: Predictor, clean_urls: Sequence[str], out_dir: str 
     images: dict[str, str] = {}
     skipped: dict[str, str] = {}
     check = getattr(predictor, "check", None)
-    min_n = params.min_group_n
 
     def set_outputs(name: str, pred: Predictions, m: Mapping[str, Any], urls: Sequence[str]) -> None:
-        conf = classification_metrics(pred.y_true, pred.y_pred, classes, 0)["confusion"]
-        plots.write_csv(plot_dir / f"{name}_predictions.csv",
-                        plots.prediction_rows(pred.keys, pred.y_true, pred.y_pred, pred.y_prob, classes),
-                        plots.prediction_columns(classes))
-        plots.write_csv(plot_dir / f"{name}_confusion.csv", plots.confusion_rows(conf, classes),
-                        ["actual", "predicted", "count"])
-        images[f"{name}_confusion"] = str(plots.confusion_png(
-            conf, classes, plot_dir / f"{name}_confusion.png",
-            f"{name} (n={len(pred.keys)}): accuracy {fmt_ci(m, 'accuracy')}"))
-        tables[f"{name}_per_class"] = [{"class": c, **v} for c, v in m["per_class"].items()]
-        if params.mistakes_per_class:
-            worst = most_confident_mistakes(pred, classes, params.mistakes_per_class)
-            tables[f"{name}_mistakes"] = [r for rows in worst.values() for r in rows]
-            rgb = _images(urls, {r["key"] for r in tables[f"{name}_mistakes"]})
-            shown = {c: [{**r, "rgb": rgb[r["key"]]} for r in rows if r["key"] in rgb] for c, rows in worst.items()}
-            images[f"{name}_mistakes"] = str(plots.mistakes_jpg(
-                shown, plot_dir / f"{name}_mistakes.jpg",
-                f"{name}: most confident mistakes per true class (predicted, probability)"))
+        _write_set_outputs(name, pred, m, urls, classes, params, plot_dir, tables, images)
 
     clean = None
     if CLEAN in params.sets or "subsets" in params.sets:
@@ -191,16 +254,10 @@ def evaluate_sets(predictor: Predictor, clean_urls: Sequence[str], out_dir: str 
             skipped["subsets"] = "no real subsets built (occlusion.subsets is empty)"
         else:
             rows = []
-            for name, grp in subsets.groupby("subset", sort=True):
-                pred = clean.subset(list(grp["key"]))
-                m = _set_metrics(pred, classes, params)
-                codes = dict(zip(grp["key"], grp["code"]))
-                if any(c is not None for c in codes.values()):
-                    ok = pred.y_true == pred.y_pred
-                    m["by_code"] = group_accuracy(ok, [codes[k] or "none" for k in pred.keys], min_n)
-                metrics[str(name)] = m
-                rows.append(_set_row(str(name), m))
-                set_outputs(str(name), pred, m, clean_urls)
+            for name, (pred, m) in _subset_metrics(clean, subsets, classes, params).items():
+                metrics[name] = m
+                rows.append(_set_row(name, m))
+                set_outputs(name, pred, m, clean_urls)
             tables["subsets"] = rows
     if SYNTHETIC in params.sets:
         if not synthetic_urls or synthetic_meta is None:
@@ -209,37 +266,13 @@ def evaluate_sets(predictor: Predictor, clean_urls: Sequence[str], out_dir: str 
             if callable(check):
                 check(synthetic_urls, SYNTHETIC)
             pred = predictor.predict(synthetic_urls)
-            m = _set_metrics(pred, classes, params)
-            meta = synthetic_meta.set_index("key").loc[pred.keys]
-            ok = pred.y_true == pred.y_pred
-            m["by_occluder"] = group_accuracy(ok, list(meta["occluder"]), min_n)
-            m["by_region"] = group_accuracy(ok, [list(r) for r in meta["regions"]], min_n)
-            curve = robustness_curve(meta["occluded_fraction"].to_numpy(), ok, params.fraction_bins, min_n)
-            m["by_fraction"] = {r["bin"]: {"accuracy": r["accuracy"],
-                                           "accuracy_ci95": None if r["accuracy_lo"] is None else
-                                           {"lo": r["accuracy_lo"], "hi": r["accuracy_hi"]},
-                                           "n": r["n"], "few": r["few"]} for r in curve}
-            if clean is not None and CLEAN in metrics and "source_key" in meta:
-                # Paired: each occluded image against its own clean source image.
-                clean_ok = dict(zip(clean.keys, (clean.y_true == clean.y_pred).tolist()))
-                pairs = [(clean_ok[s], o) for s, o in zip(meta["source_key"], ok.tolist()) if s in clean_ok]
-                if pairs:
-                    c_ok, o_ok = (np.asarray(v, bool) for v in zip(*pairs))
-                    m.update(accuracy_drop(c_ok, o_ok, params.bootstrap_resamples, params.seed))
+            m, curve = _synthetic_metrics(pred, synthetic_meta, clean if CLEAN in metrics else None,
+                                          classes, params)
             metrics[SYNTHETIC] = m
             set_outputs(SYNTHETIC, pred, m, synthetic_urls)
-            for what in ("by_occluder", "by_region"):
-                rows = _group_rows(what[3:], m[what])
-                tables[what] = rows
-                plots.write_csv(plot_dir / f"{what}.csv", rows, [what[3:], *GROUP_COLUMNS])
-                ref = metrics.get(CLEAN, {}).get("accuracy")
-                images[what] = str(plots.bars_png(m[what], plot_dir / f"{what}.png",
-                                                  f"{SYNTHETIC}: accuracy {what.replace('_', ' ')}", ref))
-            tables["robustness"] = curve
-            plots.write_csv(plot_dir / "robustness.csv", curve, CURVE_COLUMNS)
-            images["robustness"] = str(plots.robustness_png({SYNTHETIC: curve}, plot_dir / "robustness.png"))
+            _write_synthetic_breakdowns(m, curve, metrics.get(CLEAN, {}).get("accuracy"), plot_dir, tables, images)
     tables["metrics"] = [_set_row(k, v) for k, v in metrics.items() if isinstance(v, Mapping) and "accuracy" in v]
-    metrics["intervals"] = interval_methods(params.bootstrap_resamples, params.seed, min_n)
+    metrics["intervals"] = interval_methods(params.bootstrap_resamples, params.seed, params.min_group_n)
     describe = getattr(predictor, "describe", None)
     if callable(describe):
         d = describe()

@@ -215,7 +215,23 @@ class ORSANet(nn.Module):
             "none": ("image",),
         }[priors]
 
-        # Image branch.
+        # Submodules are created in this order (state-dict order and seeded initialisation).
+        n_tok = self._build_image_branch(img_size, embed_dim, prior_grid, raw_view_tokens, ir_widths, ir_units,
+                                         ir_stem_width, ir_input_size, ir_output_layer)
+        self._build_prior_branches(priors, img_size, embed_dim, prior_grid, lmk_dim, seg_dim, num_landmarks,
+                                   heatmap_sigma, parsing_classes, encoder_widths)
+
+        self.seg_fusion = SPADEResBlock(embed_dim, embed_dim, embed_dim, spade_hidden)
+        self.pyramid_fuse = CrossInteractionPyramid(
+            n_tok, embed_dim, depth, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate,
+            drop_path_rate, query_projection,
+        )
+        self.se_block = SEBlock(embed_dim)
+        self.head = ClassificationHead(embed_dim, num_classes)
+
+    def _build_image_branch(self, img_size, embed_dim, prior_grid, raw_view_tokens, ir_widths, ir_units,
+                            ir_stem_width, ir_input_size, ir_output_layer) -> int:
+        """IR-50 backbone and the linear token embedding; returns the number of tokens."""
         if ir_output_layer is None:
             ir_output_layer = (tuple(ir_widths), tuple(ir_units)) == _OFFICIAL_IR
         self.ir_back = IR50(ir_widths, ir_units, ir_stem_width, ir_input_size, ir_output_layer)
@@ -229,9 +245,12 @@ class ORSANet(nn.Module):
             )
         self._ir_shape = (ir_widths[-1], ir_hw, ir_hw)
         self.ir_layer = nn.Linear(ir_total // n_tok, embed_dim)
+        return n_tok
 
-        # Prior branches.
-        lmk_proj_dim = None
+    def _build_prior_branches(self, priors, img_size, embed_dim, prior_grid, lmk_dim, seg_dim, num_landmarks,
+                              heatmap_sigma, parsing_classes, encoder_widths) -> None:
+        """The landmark and parsing branches for ``priors`` and their projections to ``embed_dim``."""
+        n_tok = prior_grid * prior_grid
         if priors == "online":
             lmk_dim, seg_dim = 512, 1024
             self.face_landback = MobileFaceNet(136)
@@ -252,17 +271,8 @@ class ORSANet(nn.Module):
         if seg_dim is not None:
             self.seg_sample = nn.Conv2d(seg_dim, embed_dim, 1)
         if lmk_dim is not None and lmk_dim != embed_dim:
-            lmk_proj_dim = lmk_dim
-            self.lmk_proj = nn.Linear(lmk_proj_dim, embed_dim)
+            self.lmk_proj = nn.Linear(lmk_dim, embed_dim)
         self.lmk_dim, self.seg_dim = lmk_dim, seg_dim
-
-        self.seg_fusion = SPADEResBlock(embed_dim, embed_dim, embed_dim, spade_hidden)
-        self.pyramid_fuse = CrossInteractionPyramid(
-            n_tok, embed_dim, depth, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate,
-            drop_path_rate, query_projection,
-        )
-        self.se_block = SEBlock(embed_dim)
-        self.head = ClassificationHead(embed_dim, num_classes)
 
     # -- frozen priors -------------------------------------------------------------------------
     def train(self, mode: bool = True):

@@ -21,13 +21,14 @@ points (:func:`ferpipe.occlusion.face.approx_parsing`). Each sample records whic
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+
+from ferpipe.shards import sha256_file
 
 @dataclass(frozen=True)
 class Placement:
@@ -59,14 +60,6 @@ def _source_name(meta: Mapping[str, Any]) -> str | None:
     return Path(str(path)).name if path else None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class PlacementSource:
     """``placement(meta, shape) -> Placement`` for the samples of one dataset.
 
@@ -85,8 +78,8 @@ class PlacementSource:
 
     def describe(self) -> dict[str, Any]:
         """What identifies the placements (goes into the shards' fingerprint)."""
-        return {"ground_truth": _sha256(self.ground_truth) if self.ground_truth else None,
-                "manifest": _sha256(self.manifest) if self.manifest else None}
+        return {"ground_truth": sha256_file(self.ground_truth) if self.ground_truth else None,
+                "manifest": sha256_file(self.manifest) if self.manifest else None}
 
     def _ground_truth(self) -> dict:
         if self._gt is None:

@@ -8,7 +8,6 @@ The report goes to ``reports/occlusion/<dataset>.json``.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -30,11 +29,8 @@ STAGE = "occlusion"
 
 def source_prior_kind(source_dir: str | Path, split: str) -> str:
     """The priors kind of a priors directory (from its first sample's json)."""
-    for url in shards.shard_urls(source_dir, split):
-        for name, data in shards.iter_tar_members(url):
-            if name.endswith(".json"):
-                return str(json.loads(data).get("priors", {}).get("kind", "maps"))
-    return "maps"
+    meta = shards.first_sample_json(shards.shard_urls(source_dir, split))
+    return "maps" if meta is None else str(meta.get("priors", {}).get("kind", "maps"))
 
 
 def default_recompute(params, layout: Layout, source_dir: Path, split: str) -> RecomputeFn:

@@ -32,7 +32,6 @@ bytes); an optional ``"priors"`` dict in the result replaces the json's ``priors
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import json
@@ -44,7 +43,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -53,6 +51,7 @@ from ferpipe.occlusion.face import approx_parsing, coverage, face_geometry
 from ferpipe.occlusion.occluders import composite, draw_occluder
 from ferpipe.occlusion.params import OcclusionParams
 from ferpipe.occlusion.placement import PlacementSource
+from ferpipe.thumbs import jpeg_data_uri
 
 SET_NAME = "synthetic-occlusion"
 STAGE = "occlusion"
@@ -420,15 +419,6 @@ def synthetic_occlusion_stage(source_dir: str | os.PathLike, out_dir: str | os.P
 # --- gallery ------------------------------------------------------------------------------------
 
 
-def _thumb_uri(rgb: np.ndarray, size: int, quality: int = 85) -> str:
-    h, w = rgb.shape[:2]
-    s = size / max(h, w)
-    im = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))),
-                    interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(im, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
-
-
 def gallery_markdown(out_dir: str | os.PathLike, source_dir: str | os.PathLike, source_split: str = "test",
                      limit: int = 18, thumb: int = 112) -> str:
     """Markdown table (original | occluded, occluder, regions, fraction) with inline base64
@@ -457,8 +447,8 @@ def gallery_markdown(out_dir: str | os.PathLike, source_dir: str | os.PathLike, 
     for key, fields in order:
         occ = json.loads(fields["json"])["occlusion"]
         src = originals.get(occ["source_key"])
-        orig = f'<img src="{_thumb_uri(src, thumb)}" width="96"/>' if src is not None else "(missing)"
-        lines.append(f"| `{key}` | {orig} | <img src=\"{_thumb_uri(_rgb(fields['jpg']), thumb)}\" width=\"96\"/> "
+        orig = f'<img src="{jpeg_data_uri(src, thumb)}" width="96"/>' if src is not None else "(missing)"
+        lines.append(f"| `{key}` | {orig} | <img src=\"{jpeg_data_uri(_rgb(fields['jpg']), thumb)}\" width=\"96\"/> "
                      f"| {occ['occluder']} ({occ.get('placement', '')}) | {', '.join(occ['regions']) or '-'} "
                      f"| {occ['occluded_fraction']:.2f} |")
     return "\n".join(lines) + "\n"

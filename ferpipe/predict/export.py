@@ -18,6 +18,7 @@ from typing import Any
 
 from ferpipe.errors import FerpipeError
 from ferpipe.predict.recipe import Recipe, RecipeError, prior_files, recipe_from_checkpoint
+from ferpipe.shards import sha256_file
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.ts"}
 DEFAULT_OPSET = 17
@@ -60,12 +61,6 @@ def example_inputs(recipe: Recipe, batch: int = 2, seed: int = 0):
     return (image,)
 
 
-def _sha256(path: Path) -> str:
-    from ferpipe.shards import sha256_file  # noqa: PLC0415
-
-    return sha256_file(path)
-
-
 def _copy_prior_nets(recipe: Recipe, models_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Copy the recipe's prior checkpoints under ``out_dir`` (same relative paths) after checking
     their sha256; returns the recipe's priors params unchanged (they are relative to models_dir,
@@ -76,7 +71,7 @@ def _copy_prior_nets(recipe: Recipe, models_dir: Path, out_dir: Path) -> dict[st
         if not src.is_file():
             raise FerpipeError(f"prior net {name!r} not found at {src}: the export bundles the prior nets the "
                                f"model was trained with (pass --models-dir to where they are)")
-        have = _sha256(src)
+        have = sha256_file(src)
         if want and have != want:
             raise RecipeError(f"prior net {src} has sha256 {have[:16]}..., the model was trained with "
                               f"{want[:16]}...; refusing to export a model with different priors")
@@ -127,15 +122,67 @@ def model_card_markdown(card: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _write_export(model, args, names: list[str], fmt: str, target: Path, opset: int) -> None:
+    """Trace ``model`` on ``args`` into ``target`` (written to a partial file, then renamed)."""
+    import torch  # noqa: PLC0415
+
+    tmp = target.with_name(f".{target.name}.partial")
+    with torch.no_grad():
+        if fmt == "onnx":
+            torch.onnx.export(model, args, str(tmp), input_names=names, output_names=["logits"],
+                              dynamic_axes={n: {0: "batch"} for n in names + ["logits"]},
+                              opset_version=opset, dynamo=False)
+        else:
+            torch.jit.save(torch.jit.trace(model, args, check_trace=False), str(tmp))
+    tmp.replace(target)
+
+
+def _max_logit_diff(model, recipe: Recipe, names: list[str], fmt: str, target: Path) -> float:
+    """Largest |exported - PyTorch| logit on random inputs of batch 3 (not the traced 2)."""
+    import numpy as np  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+
+    x = example_inputs(recipe, 3, seed=1)
+    if recipe.prior_kind == "maps":
+        x[1][0, :5] = float("nan")  # missing points must behave the same
+    with torch.no_grad():
+        ref = model(*x).numpy()
+    if fmt == "onnx":
+        import onnxruntime as ort  # noqa: PLC0415
+
+        sess = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {n: t.numpy() for n, t in zip(names, x)})[0]
+    else:
+        with torch.no_grad():
+            got = torch.jit.load(str(target))(*x).numpy()
+    return float(np.abs(got - ref).max())
+
+
+def _preprocessing_lines(recipe: Recipe, bundled: dict[str, Any]) -> list[str]:
+    """The card's plain-words account of what happens to an image before the network."""
+    a = recipe.preprocess["align"]
+    pm = recipe.preprocess.get("prior_meta") or {}
+    return [
+        f"MTCNN (facenet-pytorch) on a copy with longest side <= {a['detect_max_side']} and shortest >= "
+        f"{a['detect_min_side']}, thresholds {a['thresholds']}, min_face_frac {a['min_face_frac']}, faces with "
+        f"score >= {a['min_score']}; the face the trainer kept: choose={a['choose']}",
+        f"5-point similarity ({a['estimator']}) onto the ArcFace template at {a['output_size']}px, margin "
+        f"{a['margin']}; no face: {a['no_face']}",
+        f"the crop JPEG-encoded (quality {a['jpeg_quality']}) and decoded again, as stored in the shards",
+        f"priors: kind {recipe.prior_kind}, backend {recipe.preprocess['priors'].get('backend')}, "
+        f"input {pm.get('input_size')} {pm.get('resize', '')}; prior nets bundled: "
+        + (", ".join(f"{k} {v['file']} sha256 {v['sha256'][:16]}" for k, v in bundled.items()) or "none"),
+        "then the image resized and normalised as below; use `ferpipe predict --model` (or "
+        "ferpipe.load_model(model=...)) to get all of this done exactly",
+    ]
+
+
 def export_model(checkpoint: str | Path, fmt: str, out_dir: str | Path, *, opset: int = DEFAULT_OPSET,
                  models_dir: str | Path | None = None, overwrite: bool = False, check: bool = True) -> dict[str, Any]:
     """Export ``checkpoint`` as ``fmt`` (onnx | torchscript) into ``out_dir``; returns the card.
 
     With ``check``, the exported model's logits on random inputs (batch 3, not the traced 2) are
     compared with PyTorch's; the max absolute difference is in the card."""
-    import numpy as np  # noqa: PLC0415
-    import torch  # noqa: PLC0415
-
     from ferpipe.predict.model import CARD_JSON, _models_dir_for, build_network  # noqa: PLC0415
     from ferpipe.train.checkpoint import load  # noqa: PLC0415
 
@@ -156,35 +203,10 @@ def export_model(checkpoint: str | Path, fmt: str, out_dir: str | Path, *, opset
     out_dir.mkdir(parents=True, exist_ok=True)
     mdir = Path(models_dir) if models_dir is not None else _models_dir_for(ckpt_path)
     bundled = _copy_prior_nets(recipe, mdir, out_dir) if recipe.prior_kind != "none" else {}
-    tmp = target.with_name(f".{target.name}.partial")
-    with torch.no_grad():
-        if fmt == "onnx":
-            torch.onnx.export(model, args, str(tmp), input_names=names, output_names=["logits"],
-                              dynamic_axes={n: {0: "batch"} for n in names + ["logits"]},
-                              opset_version=opset, dynamo=False)
-        else:
-            torch.jit.save(torch.jit.trace(model, args, check_trace=False), str(tmp))
-    tmp.replace(target)
-    max_diff = None
-    if check:
-        x = example_inputs(recipe, 3, seed=1)
-        if recipe.prior_kind == "maps":
-            x[1][0, :5] = float("nan")  # missing points must behave the same
-        with torch.no_grad():
-            ref = model(*x).numpy()
-        if fmt == "onnx":
-            import onnxruntime as ort  # noqa: PLC0415
-
-            sess = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
-            got = sess.run(None, {n: t.numpy() for n, t in zip(names, x)})[0]
-        else:
-            with torch.no_grad():
-                got = torch.jit.load(str(target))(*x).numpy()
-        max_diff = float(np.abs(got - ref).max())
-    a = recipe.preprocess["align"]
-    pm = recipe.preprocess.get("prior_meta") or {}
+    _write_export(model, args, names, fmt, target, opset)
+    max_diff = _max_logit_diff(model, recipe, names, fmt, target) if check else None
     card = {
-        "format": fmt, "file": target.name, "sha256": _sha256(target),
+        "format": fmt, "file": target.name, "sha256": sha256_file(target),
         "opset": opset if fmt == "onnx" else None, "model_name": recipe.model_name,
         "model_kwargs": {k: v for k, v in (ckpt.get("model_kwargs") or {}).items()},
         "label_map": recipe.classes, "label_space": recipe.label_space,
@@ -193,24 +215,12 @@ def export_model(checkpoint: str | Path, fmt: str, out_dir: str | Path, *, opset
         "normalisation": {"mean": list(recipe.config.get("mean", ())), "std": list(recipe.config.get("std", ())),
                           "scale": "x / 255 then (x - mean) / std", "resize": f"PIL bilinear to {recipe.img_size}",
                           "color": "RGB"},
-        "preprocessing": [
-            f"MTCNN (facenet-pytorch) on a copy with longest side <= {a['detect_max_side']} and shortest >= "
-            f"{a['detect_min_side']}, thresholds {a['thresholds']}, min_face_frac {a['min_face_frac']}, faces with "
-            f"score >= {a['min_score']}; the face the trainer kept: choose={a['choose']}",
-            f"5-point similarity ({a['estimator']}) onto the ArcFace template at {a['output_size']}px, margin "
-            f"{a['margin']}; no face: {a['no_face']}",
-            f"the crop JPEG-encoded (quality {a['jpeg_quality']}) and decoded again, as stored in the shards",
-            f"priors: kind {recipe.prior_kind}, backend {recipe.preprocess['priors'].get('backend')}, "
-            f"input {pm.get('input_size')} {pm.get('resize', '')}; prior nets bundled: "
-            + (", ".join(f"{k} {v['file']} sha256 {v['sha256'][:16]}" for k, v in bundled.items()) or "none"),
-            "then the image resized and normalised as below; use `ferpipe predict --model` (or "
-            "ferpipe.load_model(model=...)) to get all of this done exactly",
-        ],
+        "preprocessing": _preprocessing_lines(recipe, bundled),
         "recipe": recipe.to_dict(),
         "params": ckpt.get("config"),
         "data_index_sha256": dict((ckpt.get("data") or {}).get("index_sha256") or {}),
         "metrics": _metrics(ckpt_path, ckpt),
-        "checkpoint": {"file": ckpt_path.name, "sha256": _sha256(ckpt_path), "epoch": ckpt.get("epoch")},
+        "checkpoint": {"file": ckpt_path.name, "sha256": sha256_file(ckpt_path), "epoch": ckpt.get("epoch")},
         "check": {"inputs": "random, batch 3", "max_abs_logit_diff_vs_pytorch": max_diff},
     }
     (out_dir / CARD_JSON).write_text(json.dumps(card, indent=1, default=str))

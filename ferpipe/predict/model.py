@@ -70,13 +70,13 @@ def build_network(ckpt: dict[str, Any], device: str = "cpu"):
     every weight comes from the checkpoint's state dict (loaded strictly)."""
     from ferpipe.models import create_model  # noqa: PLC0415
     from ferpipe.train.checkpoint import unwrap  # noqa: PLC0415
-    from ferpipe.train.loop import resolve_device  # noqa: PLC0415
+    from ferpipe.devices import resolve_device  # noqa: PLC0415
 
     kwargs = {k: v for k, v in (ckpt.get("model_kwargs") or {}).items()
               if not (k == "checkpoint" or k.endswith("_checkpoint"))}
     model = create_model(ckpt["model_name"], **kwargs)
     unwrap(model).load_state_dict(ckpt["model"])
-    dev = resolve_device(device)
+    dev = resolve_device(device, "--device")
     return model.to(dev).eval(), dev
 
 
@@ -322,9 +322,9 @@ def load_model(checkpoint: str | os.PathLike | None = None, *, model: str | os.P
     else:
         import torch  # noqa: PLC0415
 
-        from ferpipe.train.loop import resolve_device  # noqa: PLC0415
+        from ferpipe.devices import resolve_device  # noqa: PLC0415
 
-        dev = resolve_device(device)
+        dev = resolve_device(device, "--device")
         runner = _TorchRunner(torch.jit.load(str(path), map_location=dev).eval(), dev)
     mdir = Path(models_dir) if models_dir is not None else path.parent
     return FERModel(recipe, runner, Preprocessor(recipe, mdir, device), str(path), batch_size, card)

@@ -7,15 +7,15 @@ rows and thumbnails (what a Prefect flow publishes).
 
 from __future__ import annotations
 
-import base64
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from ferpipe.errors import FerpipeError
 from ferpipe.predict import io as _io
+from ferpipe.thumbs import jpeg_data_uri
 
 
 @dataclass
@@ -52,14 +52,73 @@ class PredictReport:
         return "\n".join(lines)
 
 
-def _thumb(rgb, size: int = 160) -> str:
-    import cv2  # noqa: PLC0415
+def _check_inputs(paths, every: int, fps: float | None, ann_dir: Path | None, overwrite: bool) -> None:
+    if every < 1:
+        raise FerpipeError("--every must be >= 1")
+    if fps is not None and fps <= 0:
+        raise FerpipeError("--fps must be > 0")
+    if not paths:
+        raise FerpipeError("no input paths")
+    for p in paths:
+        if not Path(p).exists():
+            raise FerpipeError(f"{p}: no such file or directory")
+    if ann_dir is not None and ann_dir.is_dir() and any(ann_dir.iterdir()) and not overwrite:
+        raise FerpipeError(f"--annotate {ann_dir} is not empty; refusing to overwrite another run's output "
+                           f"(pass --overwrite or another directory)")
 
-    h, w = rgb.shape[:2]
-    s = size / max(h, w)
-    im = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
-    ok, buf = cv2.imencode(".jpg", im[:, :, ::-1].copy(), [cv2.IMWRITE_JPEG_QUALITY, 85])
-    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+
+def _tally(rep: PredictReport, item: Mapping[str, Any], rows: list[dict[str, Any]], preview_rows: int,
+           gallery_size: int) -> None:
+    """Count one image/frame's rows into ``rep``; keep preview rows and gallery thumbnails."""
+    rep.frames += 1
+    for r in rows:
+        if r["status"] == "ok":
+            rep.faces += 1
+            rep.top_class_counts[r["top_class"]] = rep.top_class_counts.get(r["top_class"], 0) + 1
+        elif r["status"] == "no_face":
+            rep.no_face += 1
+        else:
+            rep.errors.append({k: r[k] for k in ("source", "frame", "detail")})
+    if len(rep.preview) < preview_rows:
+        rep.preview.extend(rows[:preview_rows - len(rep.preview)])
+    rgb = item.get("rgb")
+    if rgb is not None and len(rep.gallery) < gallery_size and any(r["status"] == "ok" for r in rows):
+        top = [r for r in rows if r["status"] == "ok"]
+        rep.gallery.append({"source": item["source"], "frame": item.get("frame"),
+                            "label": ", ".join(f"{r['top_class']} {r['top_prob']:.2f}" for r in top),
+                            "data_uri": jpeg_data_uri(_io.draw(rgb, rows), 160, area_when_enlarging=True)})
+
+
+class _Annotator:
+    """Annotated JPEGs for images and one mp4 per video (frames arrive video by video)."""
+
+    def __init__(self, ann_dir: Path, every: int, fps: float | None, annotated: list[str]):
+        self.ann_dir, self.every, self.fps, self.annotated = ann_dir, every, fps, annotated
+        self.video_out: _io.VideoAnnotator | None = None
+        self.video_src = None
+
+    def add(self, item: Mapping[str, Any], rgb, rows) -> None:
+        if item["kind"] != "video":
+            path = _io.annotated_name(item["source"], self.ann_dir, ".jpg")
+            self.annotated.append(str(_io.write_image(path, _io.draw(rgb, rows))))
+            return
+        if self.video_src != item["source"]:
+            self.close()
+            from ferpipe.predict.video import video_info  # noqa: PLC0415
+
+            info = video_info(item["source"])
+            fps, every = self.fps, self.every
+            step_fps = (fps if fps and fps < info["fps"] else info["fps"] / every) if info["fps"] else 1
+            path = _io.annotated_name(item["source"], self.ann_dir, ".mp4")
+            self.video_out = _io.VideoAnnotator(path, step_fps, (rgb.shape[1], rgb.shape[0]))
+            self.video_src = item["source"]
+            self.annotated.append(str(path))
+        self.video_out.write(_io.draw(rgb, rows))
+
+    def close(self) -> None:
+        if self.video_out is not None:
+            self.video_out.close()
+            self.video_out = None
 
 
 def run_predict(paths: Sequence[str | os.PathLike], *, checkpoint: str | os.PathLike | None = None,
@@ -74,65 +133,23 @@ def run_predict(paths: Sequence[str | os.PathLike], *, checkpoint: str | os.Path
 
     from ferpipe.predict.model import load_model  # noqa: PLC0415
 
-    if every < 1:
-        raise FerpipeError("--every must be >= 1")
-    if fps is not None and fps <= 0:
-        raise FerpipeError("--fps must be > 0")
-    if not paths:
-        raise FerpipeError("no input paths")
-    for p in paths:
-        if not Path(p).exists():
-            raise FerpipeError(f"{p}: no such file or directory")
     ann_dir = Path(annotate) if annotate else None
-    if ann_dir is not None and ann_dir.is_dir() and any(ann_dir.iterdir()) and not overwrite:
-        raise FerpipeError(f"--annotate {ann_dir} is not empty; refusing to overwrite another run's output "
-                           f"(pass --overwrite or another directory)")
+    _check_inputs(paths, every, fps, ann_dir, overwrite)
     m = load_model(checkpoint, model=model, models_dir=models_dir, device=device, batch_size=batch_size,
                    threads=threads)
     rep = PredictReport(model=m.source, classes=m.classes)
     writer = _io.TableWriter(out, m.columns, overwrite=overwrite) if out else None
-    video_out: _io.VideoAnnotator | None = None
-    video_src = None
+    annotator = _Annotator(ann_dir, every, fps, rep.annotated) if ann_dir is not None else None
     t0 = time.perf_counter()
     bar = tqdm(desc="predict", unit="frame", disable=not progress, dynamic_ncols=True)
     try:
         pending: list[dict[str, Any]] = []
         for item, rows in m.iter_results(paths, every, fps):
-            rep.frames += 1
+            _tally(rep, item, rows, preview_rows, gallery_size)
             bar.update(1)
-            for r in rows:
-                if r["status"] == "ok":
-                    rep.faces += 1
-                    rep.top_class_counts[r["top_class"]] = rep.top_class_counts.get(r["top_class"], 0) + 1
-                elif r["status"] == "no_face":
-                    rep.no_face += 1
-                else:
-                    rep.errors.append({k: r[k] for k in ("source", "frame", "detail")})
-            if len(rep.preview) < preview_rows:
-                rep.preview.extend(rows[:preview_rows - len(rep.preview)])
             rgb = item.get("rgb")
-            if rgb is not None and len(rep.gallery) < gallery_size and any(r["status"] == "ok" for r in rows):
-                top = [r for r in rows if r["status"] == "ok"]
-                rep.gallery.append({"source": item["source"], "frame": item.get("frame"),
-                                    "label": ", ".join(f"{r['top_class']} {r['top_prob']:.2f}" for r in top),
-                                    "data_uri": _thumb(_io.draw(rgb, rows))})
-            if ann_dir is not None and rgb is not None:
-                if item["kind"] == "video":
-                    if video_src != item["source"]:
-                        if video_out is not None:
-                            video_out.close()
-                        from ferpipe.predict.video import video_info  # noqa: PLC0415
-
-                        info = video_info(item["source"])
-                        step_fps = (fps if fps and fps < info["fps"] else info["fps"] / every) if info["fps"] else 1
-                        path = _io.annotated_name(item["source"], ann_dir, ".mp4")
-                        video_out = _io.VideoAnnotator(path, step_fps, (rgb.shape[1], rgb.shape[0]))
-                        video_src = item["source"]
-                        rep.annotated.append(str(path))
-                    video_out.write(_io.draw(rgb, rows))
-                else:
-                    path = _io.annotated_name(item["source"], ann_dir, ".jpg")
-                    rep.annotated.append(str(_io.write_image(path, _io.draw(rgb, rows))))
+            if annotator is not None and rgb is not None:
+                annotator.add(item, rgb, rows)
             if writer is not None:
                 pending.extend(rows)
                 if len(pending) >= 256:
@@ -149,8 +166,8 @@ def run_predict(paths: Sequence[str | os.PathLike], *, checkpoint: str | os.Path
         raise
     finally:
         bar.close()
-        if video_out is not None:
-            video_out.close()
+        if annotator is not None:
+            annotator.close()
     rep.seconds = round(time.perf_counter() - t0, 3)
     rep.frames_per_second = round(rep.frames / max(rep.seconds, 1e-9), 3)
     rep.faces_per_second = round(rep.faces / max(rep.seconds, 1e-9), 3)

@@ -39,9 +39,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ferpipe.devices import resolve_device
 from ferpipe.errors import ConfigError, MissingCheckpointError
 from ferpipe.priors.conventions import IMAGENET_MEAN, IMAGENET_STD, NUM_POINTS, parsing_from_68
 from ferpipe.priors.params import PriorsParams
+from ferpipe.shards import sha256_file
 
 RESIZE = "PIL-bilinear"
 MOBILEFACENET_WHAT = ("MobileFaceNet 68-point landmark net (cunjian/pytorch_face_landmark, "
@@ -64,23 +66,9 @@ def model_input(crops: Sequence[np.ndarray], size: int) -> torch.Tensor:
     return (x - mean) / std
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("priors.device is 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
-    return torch.device(device)
-
-
 def resolve_model_path(models_dir: str | os.PathLike, rel: str) -> Path:
     p = Path(rel)
     return p if p.is_absolute() else Path(models_dir) / p
-
-
-def _sha256(path: Path) -> str:
-    from ferpipe.shards import sha256_file  # noqa: PLC0415
-
-    return sha256_file(path)
 
 
 def _norm_desc(size: int) -> dict[str, Any]:
@@ -97,7 +85,7 @@ class PriorBackend:
             raise ConfigError(f"priors.backend={self.name} cannot produce priors.kind="
                               f"{params.kind!r}; it supports {list(self.kinds)}")
         self.params = params
-        self.device = resolve_device(params.device)
+        self.device = resolve_device(params.device, "priors.device")
 
     def describe(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -133,7 +121,7 @@ class OfficialBackend(PriorBackend):
                 raise MissingCheckpointError(path, what=what, where="models/pretrain/")
         self.mfn = create_model("mobilefacenet", checkpoint=self.mfn_path).eval().to(self.device)
         self.seg = create_model("segface_swin_b_lapa", checkpoint=self.seg_path).eval().to(self.device)
-        self.sha = {"mobilefacenet": _sha256(self.mfn_path), "segface": _sha256(self.seg_path)}
+        self.sha = {"mobilefacenet": sha256_file(self.mfn_path), "segface": sha256_file(self.seg_path)}
 
     def describe(self) -> dict[str, Any]:
         s = self.params.input_size
@@ -177,7 +165,7 @@ class FerpipeBackend(PriorBackend):
         self.parser_path, self.lmk_path = d / PARSER_FILE, d / LANDMARKS_FILE
         self.parser = load_prior_net(self.parser_path, PARSER_ARCH).to(self.device)
         self.lmk = load_prior_net(self.lmk_path, LANDMARK_ARCH).to(self.device)
-        self.sha = {"parser": _sha256(self.parser_path), "landmarks": _sha256(self.lmk_path)}
+        self.sha = {"parser": sha256_file(self.parser_path), "landmarks": sha256_file(self.lmk_path)}
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "checkpoints": {
@@ -232,7 +220,7 @@ class InsightfaceBackend(PriorBackend):
         if self.model.lmk_num != 106 or self.model.lmk_dim != 2:
             raise ConfigError(f"{self.path}: a {self.model.lmk_num}-point {self.model.lmk_dim}D "
                               f"landmark model; the insightface backend needs 2D 106 points")
-        self.sha = _sha256(self.path)
+        self.sha = sha256_file(self.path)
 
     def describe(self) -> dict[str, Any]:
         s = int(self.model.input_size[0])
@@ -282,7 +270,7 @@ class Mtcnn5Backend(PriorBackend):
                                          "facenet-pytorch wheel (reinstall facenet-pytorch)",
                                          where="site-packages/facenet_pytorch/data/")
         self.onet = ONet(pretrained=True).eval().to(self.device)
-        self.sha = _sha256(self.path)
+        self.sha = sha256_file(self.path)
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name,

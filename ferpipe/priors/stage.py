@@ -21,7 +21,6 @@ result is the ``priors.domain`` object of every sample's json and the report's `
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import os
@@ -40,6 +39,7 @@ from ferpipe import __version__, shards
 from ferpipe.priors.backends import PriorBackend, build_backend
 from ferpipe.priors.domain import check_domain, dataset_domain, mismatch_note
 from ferpipe.priors.params import PriorsParams
+from ferpipe.thumbs import jpeg_data_uri
 from ferpipe.timings import write_report
 
 STAGE = "priors"
@@ -284,12 +284,8 @@ def prior_description(out_dir: str | os.PathLike, splits: Sequence[str]) -> dict
     """The ``priors`` object of the first written sample, less its shapes: what the shards
     hold, read back from them (so a flow, whose shards ran elsewhere, needs no model load);
     empty when no sample was written."""
-    for split in splits:
-        for url in shards.shard_urls(out_dir, split):
-            for name, data in shards.iter_tar_members(url):
-                if name.endswith(".json"):
-                    return {k: v for k, v in json.loads(data)["priors"].items() if k != "shapes"}
-    return {}
+    meta = shards.first_sample_json(url for split in splits for url in shards.shard_urls(out_dir, split))
+    return {} if meta is None else {k: v for k, v in meta["priors"].items() if k != "shapes"}
 
 
 def build_report(stats: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: Path,
@@ -352,15 +348,6 @@ def run_priors(params, root: Path = Path(".")) -> PriorsReport:
 # gallery
 
 
-def _thumb_uri(rgb: np.ndarray, size: int, quality: int = 85) -> str:
-    h, w = rgb.shape[:2]
-    s = size / max(h, w)
-    im = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))),
-                    interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(im, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
-
-
 def overlay_parsing(rgb: np.ndarray, parsing: np.ndarray, alpha: float = 0.55) -> np.ndarray:
     col = PALETTE[np.clip(parsing, 0, len(PALETTE) - 1)]
     m = (parsing > 0)[..., None]
@@ -404,16 +391,16 @@ def gallery_rows(out_dir: str | os.PathLike, split: str | None = None, limit: in
             if "landmarks.npy" in fields:
                 pts = decode_npy(fields["landmarks.npy"])
                 p0, p1 = decode_png(fields["parsing.png"]), decode_png(fields["parsing_flip.png"])
-                row["cells"] = [_thumb_uri(rgb, thumb), _thumb_uri(overlay_parsing(rgb, p0), thumb),
-                                _thumb_uri(draw_landmarks(rgb, pts[0]), thumb),
-                                _thumb_uri(overlay_parsing(flip, p1), thumb),
-                                _thumb_uri(draw_landmarks(flip, pts[1]), thumb)]
+                row["cells"] = [jpeg_data_uri(rgb, thumb), jpeg_data_uri(overlay_parsing(rgb, p0), thumb),
+                                jpeg_data_uri(draw_landmarks(rgb, pts[0]), thumb),
+                                jpeg_data_uri(overlay_parsing(flip, p1), thumb),
+                                jpeg_data_uri(draw_landmarks(flip, pts[1]), thumb)]
             else:
                 lmk, seg = decode_npy(fields["lmk.npy"]), decode_npy(fields["seg.npy"])
-                row["cells"] = [_thumb_uri(rgb, thumb), _thumb_uri(_energy(lmk[0], thumb), thumb),
-                                _thumb_uri(_energy(seg[0], thumb), thumb),
-                                _thumb_uri(_energy(lmk[1], thumb), thumb),
-                                _thumb_uri(_energy(seg[1], thumb), thumb)]
+                row["cells"] = [jpeg_data_uri(rgb, thumb), jpeg_data_uri(_energy(lmk[0], thumb), thumb),
+                                jpeg_data_uri(_energy(seg[0], thumb), thumb),
+                                jpeg_data_uri(_energy(lmk[1], thumb), thumb),
+                                jpeg_data_uri(_energy(seg[1], thumb), thumb)]
             rows.append(row)
             if len(rows) >= limit:
                 return rows

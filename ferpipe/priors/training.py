@@ -113,8 +113,10 @@ def occlude(images: np.ndarray, seed: int) -> np.ndarray:
 
 
 def confusion(pred: np.ndarray, target: np.ndarray, n: int = NUM_CLASSES) -> np.ndarray:
-    return np.bincount(target.ravel().astype(np.int64) * n + pred.ravel(), minlength=n * n
-                       ).reshape(n, n)
+    """Pixel confusion matrix, rows = ground truth, columns = prediction."""
+    from sklearn.metrics import confusion_matrix  # noqa: PLC0415
+
+    return confusion_matrix(target.ravel(), pred.ravel(), labels=np.arange(n))
 
 
 def parsing_metrics(conf: np.ndarray) -> dict[str, Any]:

@@ -57,13 +57,8 @@ def _detect_variant(lines: list[str]) -> str:
     return "compound" if top > 7 else "basic"
 
 
-def read_rafdb(root: str | os.PathLike, *, images: str = "original",
-               variant: str = "auto") -> ReaderResult:
-    root = Path(root)
-    if images not in ("original", "aligned"):
-        raise DataError(f"rafdb: images must be 'original' or 'aligned', got {images!r}")
-    if variant not in ("auto", "basic", "compound"):
-        raise DataError(f"rafdb: variant must be auto, basic or compound, got {variant!r}")
+def _label_lines(root: Path) -> tuple[Path, Path, list[str]]:
+    """The release root, its label file (either spelling) and the file's lines."""
     try:
         base = find_layout_root(root, (LABEL_FILE, _LABEL_FILE_FIXED), "rafdb")
     except DataError:
@@ -73,7 +68,27 @@ def read_rafdb(root: str | os.PathLike, *, images: str = "original",
     if not label_file.exists():
         label_file = base / _LABEL_FILE_FIXED
     with open(label_file, encoding="utf-8-sig") as fh:
-        lines = fh.read().splitlines()
+        return base, label_file, fh.read().splitlines()
+
+
+def _annotation(root: Path, path: Path, present: set[str], read, warnings: list[Problem]):
+    """``read(path)``'s value when the file is there; an unreadable one is a warning and None."""
+    if path.name not in present:
+        return None
+    value, err = read(path)
+    if err:
+        warnings.append(Problem(rel(root, path), err))
+    return value
+
+
+def read_rafdb(root: str | os.PathLike, *, images: str = "original",
+               variant: str = "auto") -> ReaderResult:
+    root = Path(root)
+    if images not in ("original", "aligned"):
+        raise DataError(f"rafdb: images must be 'original' or 'aligned', got {images!r}")
+    if variant not in ("auto", "basic", "compound"):
+        raise DataError(f"rafdb: variant must be auto, basic or compound, got {variant!r}")
+    base, label_file, lines = _label_lines(root)
     detected = _detect_variant(lines)
     chosen = detected if variant == "auto" else variant
     map_name, label_range, _ = _VARIANTS[chosen]
@@ -125,18 +140,8 @@ def read_rafdb(root: str | os.PathLike, *, images: str = "original",
         if fname not in present:
             problems.append(Problem(path, f"image listed in {where} is missing"))
             continue
-        lmk = None
-        lmk_name = f"{stem}_manu_attri.txt"
-        if lmk_name in lmk_present:
-            lmk, err = _read_landmarks(lmk_dir / lmk_name)
-            if err:
-                warnings.append(Problem(rel(root, lmk_dir / lmk_name), err))
-        box = None
-        box_name = f"{stem}_boundingbox.txt"
-        if box_name in box_present:
-            box, err = _read_box(box_dir / box_name)
-            if err:
-                warnings.append(Problem(rel(root, box_dir / box_name), err))
+        lmk = _annotation(root, lmk_dir / f"{stem}_manu_attri.txt", lmk_present, _read_landmarks, warnings)
+        box = _annotation(root, box_dir / f"{stem}_boundingbox.txt", box_present, _read_box, warnings)
         records.append(RawRecord(make_key(stem), split, path, label, lmk, bbox=box))
     if not records:
         raise DataError(f"{dataset}: {lf} lists no usable image")

@@ -172,6 +172,58 @@ def landmarks68_to_5(points: list[float]) -> tuple[float, ...]:
     return tuple(float(round(v, 3)) for p in pts for v in p)
 
 
+def _class_parent(split_dir: Path, nmap: NativeMap) -> Path:
+    """The folder holding a split's class folders: ``split_dir``, or below a lone wrapper
+    folder (e.g. Train/Train_Aligned_Faces/<Class>/)."""
+    base = split_dir
+    while True:
+        subdirs = _sorted_dirs(base)
+        if (len(subdirs) == 1 and not nmap.knows(subdirs[0].name)
+                and any(nmap.knows(d.name) for d in _sorted_dirs(subdirs[0]))):
+            base = subdirs[0]
+            continue
+        return base
+
+
+def _unknown_class(dataset: str, where: str, name: str, nmap: NativeMap) -> DataError:
+    if name.isdigit() and not nmap.numeric:
+        return DataError(
+            f"{dataset}: class folder {where!r} is a number, "
+            f"which names no class: set download.class_order to say which number is "
+            f"which class, e.g. rafdb (1 surprise .. 7 neutral), fer2013 (0 anger .. "
+            f"6 neutral), affectnet (0 neutral .. 7 contempt), a list of class names "
+            f"for folders 0, 1, ..., or {{number: class}}")
+    return DataError(
+        f"{dataset}: unknown class folder {where!r}; allowed "
+        f"names: {', '.join(nmap.allowed)}"
+        + (" (case-insensitive)" if nmap.case_insensitive else "")
+        + (" (numbers compare by value: 06 is 6)" if nmap.numeric else "")
+        + (" as set by download.class_order" if nmap.numeric else "")
+    )
+
+
+def _read_class_folder(root: Path, split_name: str, split: str, class_dir: Path,
+                       records: list[RawRecord], problems: list[Problem]) -> None:
+    """Every image below one class folder (sorted walk, hidden entries skipped) as a record;
+    non-image and empty files as problems."""
+    for dirpath, dirnames, filenames in os.walk(class_dir):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for fn in sorted(filenames):
+            if fn.startswith("."):
+                continue
+            p = Path(dirpath) / fn
+            rp = rel(root, p)
+            if p.suffix.lower() not in IMAGE_EXTENSIONS:
+                problems.append(Problem(rp, f"not an image file extension ({p.suffix!r})"))
+                continue
+            if p.stat().st_size == 0:
+                problems.append(Problem(rp, "empty file"))
+                continue
+            inner = p.relative_to(class_dir).with_suffix("").as_posix()
+            key = make_key(split_name, class_dir.name, *inner.split("/"))
+            records.append(RawRecord(key, split, rp, class_dir.name))
+
+
 def read_class_tree(
     dataset: str,
     root: Path,
@@ -198,16 +250,7 @@ def read_class_tree(
             warnings.append(Problem(rel(root, split_dir), "folder is not a known split; ignored"))
             continue
         found_split = True
-        base = split_dir
-        # Descend through a lone wrapper folder (e.g. Train/Train_Aligned_Faces/<Class>/).
-        while True:
-            subdirs = _sorted_dirs(base)
-            if (len(subdirs) == 1 and not nmap.knows(subdirs[0].name)
-                    and any(nmap.knows(d.name) for d in _sorted_dirs(subdirs[0]))):
-                base = subdirs[0]
-                continue
-            break
-        for entry in sorted(os.scandir(base), key=lambda e: e.name):
+        for entry in sorted(os.scandir(_class_parent(split_dir, nmap)), key=lambda e: e.name):
             if entry.name.startswith("."):
                 continue
             if entry.is_file():
@@ -215,40 +258,12 @@ def read_class_tree(
                     Problem(rel(root, Path(entry.path)), "file is not in a class folder"))
                 continue
             if not nmap.knows(entry.name):
-                if entry.name.isdigit() and not nmap.numeric:
-                    raise DataError(
-                        f"{dataset}: class folder {rel(root, Path(entry.path))!r} is a number, "
-                        f"which names no class: set download.class_order to say which number is "
-                        f"which class, e.g. rafdb (1 surprise .. 7 neutral), fer2013 (0 anger .. "
-                        f"6 neutral), affectnet (0 neutral .. 7 contempt), a list of class names "
-                        f"for folders 0, 1, ..., or {{number: class}}")
-                raise DataError(
-                    f"{dataset}: unknown class folder {rel(root, Path(entry.path))!r}; allowed "
-                    f"names: {', '.join(nmap.allowed)}"
-                    + (" (case-insensitive)" if nmap.case_insensitive else "")
-                    + (" (numbers compare by value: 06 is 6)" if nmap.numeric else "")
-                    + (" as set by download.class_order" if nmap.numeric else "")
-                )
+                raise _unknown_class(dataset, rel(root, Path(entry.path)), entry.name, nmap)
             if nmap.is_dropped(entry.name):
                 problems.append(Problem(rel(root, Path(entry.path)), "class is not an expression"))
                 continue
             classes.add(entry.name)
-            for dirpath, dirnames, filenames in os.walk(entry.path):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                for fn in sorted(filenames):
-                    if fn.startswith("."):
-                        continue
-                    p = Path(dirpath) / fn
-                    rp = rel(root, p)
-                    if p.suffix.lower() not in IMAGE_EXTENSIONS:
-                        problems.append(Problem(rp, f"not an image file extension ({p.suffix!r})"))
-                        continue
-                    if p.stat().st_size == 0:
-                        problems.append(Problem(rp, "empty file"))
-                        continue
-                    inner = p.relative_to(entry.path).with_suffix("").as_posix()
-                    key = make_key(split_dir.name, entry.name, *inner.split("/"))
-                    records.append(RawRecord(key, split, rp, entry.name))
+            _read_class_folder(root, split_dir.name, split, Path(entry.path), records, problems)
     if not found_split:
         raise DataError(
             f"{dataset}: no split folder under {layout_root}; expected one of "

@@ -186,19 +186,13 @@ def preprocess_record(align: Any, priors: Any, shards: Any) -> dict[str, Any]:
     crop's size/margin/estimator from the first training sample, the priors' kind, backend and
     prior-net sha256s), so a predictor can redo exactly this preprocessing on a new photo and
     check that its params are the ones the shards were made with."""
-    import json  # noqa: PLC0415
-
     from ferpipe import shards as _shards  # noqa: PLC0415
 
     def dump(section: Any, name: str) -> dict[str, Any]:
         d = section.model_dump(mode="json") if hasattr(section, "model_dump") else dict(section)
         return {k: v for k, v in d.items() if k not in _SPEED_ONLY[name]}
 
-    aligned: dict[str, Any] = {}
-    for name, data in _shards.iter_tar_members(shards.urls("train")[0]):
-        if name.endswith(".json"):
-            meta = json.loads(data)
-            aligned = {k: meta.get(k) for k in ("output_size", "margin", "estimator")}
-            break
+    meta = _shards.first_sample_json([shards.urls("train")[0]])
+    aligned = {} if meta is None else {k: meta.get(k) for k in ("output_size", "margin", "estimator")}
     return {"format": PREPROCESS_FORMAT, "align": dump(align, "align"), "priors": dump(priors, "priors"),
             "aligned": aligned, "prior_kind": shards.prior_kind, "prior_meta": dict(shards.prior_meta)}

@@ -286,16 +286,28 @@ def _head_shading(sc: Scene, size: int, R, s, t2, axes, centre3, low=48) -> np.n
 # --------------------------------------------------------------------------------------------
 
 
-def render_face(sc: Scene, size: int) -> Rendered:
+def _lid_thickness(u: float) -> int:
+    return max(1, int(round(0.028 * u)))
+
+
+def _ellipse(c, rx, ry, roll_deg, n):
+    """``n`` points of an ellipse around ``c`` with radii ``rx``, ``ry``, turned by the head roll."""
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    rot = np.deg2rad(roll_deg)
+    el = np.stack([rx * np.cos(t), ry * np.sin(t)], 1)
+    return c + el @ np.array([[np.cos(rot), np.sin(rot)], [-np.sin(rot), np.cos(rot)]])
+
+
+def _place(sc: Scene):
+    """Pose the face and put its box centre on ``sc.centre``: the 68 points and auxiliary
+    polygons in pixels, the face outline, and the projection (R, scale, 2-D shift)."""
     idt = sc.identity
-    rng = np.random.default_rng(sc.seed_bg + 1)
     scale = np.array([idt.width, idt.height])
     p3 = F.apply_aus(F.identity_points(idt), sc.aus, scale)
     aux = F.aux_points(p3, idt)
     R = F.rotation(sc.yaw, sc.pitch, sc.roll)
     s = sc.face_half_width
 
-    # place the face: the face box centre goes to sc.centre
     def proj(p, t2):
         q = np.asarray(p, np.float64) @ R.T
         return q[:, :2] * s + t2
@@ -303,16 +315,15 @@ def render_face(sc: Scene, size: int) -> Rendered:
     face_poly3 = np.concatenate([p3[F.JAW], aux["forehead"]])
     fp = proj(face_poly3, np.zeros(2))
     t2 = np.asarray(sc.centre) - 0.5 * (fp.min(0) + fp.max(0))
-    P = lambda p: proj(p, t2)  # noqa: E731
-    p68 = P(p3)
-    A = {k: P(v) for k, v in aux.items()}
-    face_poly = P(face_poly3)
-    u = s  # px per face unit
+    A = {k: proj(v, t2) for k, v in aux.items()}
+    return proj(p3, t2), A, proj(face_poly3, t2), (R, s, t2)
 
+
+def _paint_head(cv_: _Canvas, sc: Scene, A, face_poly, rng, size: int) -> None:
+    """Clothes, neck, ears, hair, face skin, facial hair and brows (draws from ``rng``)."""
+    idt = sc.identity
     skin = np.asarray(idt.skin_rgb, np.float32)
     hair = np.asarray(idt.hair_rgb, np.float32)
-    cv_ = _Canvas(size)
-    # clothes, neck, ears
     cv_.fill([A["torso"]], sc.clothes_rgb)
     cv_.fill([A["neck"]], skin * 0.93)
     cv_.fill([A["ear_l"]], skin * 0.97, label=_L["skin"])
@@ -334,13 +345,23 @@ def render_face(sc: Scene, size: int) -> Rendered:
     if idt.beard in ("beard", "moustache"):
         cv_.fill([A["moustache"]], hair, alpha=0.9)
 
-    # brows
     brow_col = np.minimum(hair, skin * 0.45) * 0.9 + 8
     cv_.fill([A["brow_l"]], brow_col, label=_L["left_brow"], alpha=0.92)
     cv_.fill([A["brow_r"]], brow_col, label=_L["right_brow"], alpha=0.92)
 
-    # eyes
-    lid_t = max(1, int(round(0.028 * u)))
+
+def _clip_of(cv_: _Canvas, res) -> np.ndarray:
+    """A full-size coverage mask from what ``_Canvas.fill`` returned, to clip the parts inside."""
+    m = np.zeros(cv_.shape, np.float32)
+    a, (x0, y0, x1, y1) = res
+    m[y0:y1, x0:x1] = a
+    return m
+
+
+def _paint_eyes(cv_: _Canvas, sc: Scene, p68, u: float) -> None:
+    idt = sc.identity
+    skin = np.asarray(idt.skin_rgb, np.float32)
+    lid_t = _lid_thickness(u)
     for grp, lab in ((F.EYE_L, "left_eye"), (F.EYE_R, "right_eye")):
         e = p68[grp]
         # the eyelid crease above the eye
@@ -349,9 +370,7 @@ def render_face(sc: Scene, size: int) -> Rendered:
         res = cv_.fill([e], (236, 232, 226), label=_L[lab])
         if res is None:
             continue
-        eye_mask = np.zeros(cv_.shape, np.float32)
-        a, (x0, y0, x1, y1) = res
-        eye_mask[y0:y1, x0:x1] = a
+        eye_mask = _clip_of(cv_, res)
         width = np.linalg.norm(e[3] - e[0])
         c = e.mean(0) + np.asarray(sc.gaze) * u
         r_iris = 0.36 * width
@@ -365,24 +384,20 @@ def render_face(sc: Scene, size: int) -> Rendered:
         cv_.line(e[[0, 1, 2, 3]], (20, 14, 12), lid_t + 1)
         cv_.line(e[[3, 4, 5, 0]], skin * 0.55, max(1, lid_t - 1), alpha=0.7)
 
+
+def _paint_nose_and_mouth(cv_: _Canvas, sc: Scene, p68, A, u: float) -> None:
+    idt = sc.identity
+    skin = np.asarray(idt.skin_rgb, np.float32)
     # nose region (label only) and nostrils
     cv_.fill([A["nose"]], (0, 0, 0), label=_L["nose"], alpha=0.0, cover=False)
     for k in ("nostril_l", "nostril_r"):
-        c = A[k][0]
-        t = np.linspace(0, 2 * np.pi, 14, endpoint=False)
-        rot = np.deg2rad(sc.roll)
-        ex, ey = 0.05 * u * idt.nose_w, 0.022 * u
-        el = np.stack([ex * np.cos(t), ey * np.sin(t)], 1)
-        el = el @ np.array([[np.cos(rot), np.sin(rot)], [-np.sin(rot), np.cos(rot)]])
-        cv_.fill([c + el], skin * 0.28, alpha=0.9)
+        cv_.fill([_ellipse(A[k][0], 0.05 * u * idt.nose_w, 0.022 * u, sc.roll, 14)], skin * 0.28, alpha=0.9)
 
     # mouth: inner mouth, teeth, lips
     inner = p68[F.MOUTH_INNER]
     res = cv_.fill([inner], (70, 18, 22), label=_L["inner_mouth"])
     if res is not None:
-        mouth_mask = np.zeros(cv_.shape, np.float32)
-        a, (x0, y0, x1, y1) = res
-        mouth_mask[y0:y1, x0:x1] = a
+        mouth_mask = _clip_of(cv_, res)
         up = p68[F.UPPER_LIP_INNER]
         opening = float(np.mean(p68[[67, 66, 65], 1] - p68[[61, 62, 63], 1]))
         tooth = min(0.07 * u, 0.5 * max(opening, 0))
@@ -394,41 +409,42 @@ def render_face(sc: Scene, size: int) -> Rendered:
     cv_.fill([upper], lip * 0.92, label=_L["upper_lip"])
     cv_.fill([lower], lip, label=_L["lower_lip"])
     # the lip parting line runs into the commissures, where the corners read as corners
-    cv_.line(p68[[48, 60, 61, 62, 63, 64, 54]], lip * 0.35, max(1, lid_t - 1), alpha=0.85)
+    cv_.line(p68[[48, 60, 61, 62, 63, 64, 54]], lip * 0.35, max(1, _lid_thickness(u) - 1), alpha=0.85)
     for k in (48, 54):
         cv_.fill([p68[k] + 0.018 * u * np.stack([np.cos(np.linspace(0, 6.2, 10)), np.sin(np.linspace(0, 6.2, 10))], 1)],
                  lip * 0.4, alpha=0.6, cover=False)
 
-    # ---- shading -------------------------------------------------------------------------
-    hh = idt.height
-    axes = np.array([1.02 * idt.width, 1.25 * hh, 0.85])
-    centre3 = np.array([0.0, 0.05 * hh, -0.3])
-    shade = _head_shading(sc, size, R, s, t2, axes, centre3)
+
+def _fill_band(dst, edge, depth, value) -> None:
+    """Fill the band between the polyline ``edge`` and itself moved down by ``depth`` px."""
+    cv2.fillPoly(dst, [np.round(np.concatenate([edge, edge[::-1] + np.array([0, depth])])).astype(np.int32)], value)
+
+
+def _occlusion_darkening(sc: Scene, size: int, p68, A, u: float) -> np.ndarray:
+    """Blurred darkening where the ellipsoid's Lambert term is blind: eye sockets, the nose's
+    shadow side and cast shadow, under the lower lip and the chin."""
     dark = np.zeros((size, size), np.float32)
-    lx, ly = sc.light_dir[0], sc.light_dir[1]
-    # eye sockets
+    lx = sc.light_dir[0]
     for grp in (F.EYE_L, F.EYE_R):
         c = p68[grp].mean(0)
         cv2.ellipse(dark, (int(c[0]), int(c[1] - 0.03 * u)), (int(0.2 * u), int(0.13 * u)),
                     float(sc.roll), 0, 360, 0.22, -1)
-    # shadow side of the nose
     side = 1 if lx < 0 else -1  # the side facing away from the light
     nb = p68[[27, 28, 29, 30]]
     ref = A["nose"][2 if side < 0 else 8]
     cv2.fillPoly(dark, [np.round(np.concatenate([nb, [ref], [p68[31 if side < 0 else 35]]])).astype(np.int32)],
                  0.18 + 0.25 * abs(lx))
-    # cast shadow under the nose
-    base = p68[[31, 32, 33, 34, 35]] + np.array([-lx * 0.06 * u, 0.03 * u])
-    cv2.fillPoly(dark, [np.round(np.concatenate([base, base[::-1] + np.array([0, 0.07 * u])])).astype(np.int32)], 0.35)
-    # under the lower lip, under the chin
-    ll = p68[[55, 56, 57, 58, 59]]
-    cv2.fillPoly(dark, [np.round(np.concatenate([ll, ll[::-1] + np.array([0, 0.08 * u])])).astype(np.int32)], 0.18)
-    jaw = p68[3:14]
-    cv2.fillPoly(dark, [np.round(np.concatenate([jaw, jaw[::-1] + np.array([0, 0.35 * u])])).astype(np.int32)], 0.4)
-    dark = cv2.GaussianBlur(dark, (0, 0), 0.06 * u)
-    # expression lines (brow knit, nose wrinkles, nasolabial folds), kept sharp
+    _fill_band(dark, p68[[31, 32, 33, 34, 35]] + np.array([-lx * 0.06 * u, 0.03 * u]), 0.07 * u, 0.35)
+    _fill_band(dark, p68[[55, 56, 57, 58, 59]], 0.08 * u, 0.18)
+    _fill_band(dark, p68[3:14], 0.35 * u, 0.4)
+    return cv2.GaussianBlur(dark, (0, 0), 0.06 * u)
+
+
+def _expression_lines(sc: Scene, size: int, p68, A, u: float) -> np.ndarray:
+    """Brow knit (AU4), nose wrinkles (AU9) and nasolabial folds (AU12), kept sharp."""
     fine = np.zeros((size, size), np.float32)
     au = sc.aus
+    lid_t = _lid_thickness(u)
     mid = 0.5 * (p68[21] + p68[22])
     if au.get("AU4", 0) > 0.2:
         for dx in (-0.04, 0.04):
@@ -448,38 +464,43 @@ def render_face(sc: Scene, size: int) -> Rendered:
             curve = np.array([pa, mid2, pb])
             cv2.polylines(fine, [np.round(curve).astype(np.int32)], False, 0.3 * min(1, au["AU12"]),
                           max(1, lid_t), cv2.LINE_AA)
-    fine = cv2.GaussianBlur(fine, (0, 0), max(0.6, 0.012 * u))
-    # highlights on the nose bridge and tip
+    return cv2.GaussianBlur(fine, (0, 0), max(0.6, 0.012 * u))
+
+
+def _shading(sc: Scene, size: int, p68, A, u: float, projection) -> np.ndarray:
+    """The multiplicative light map: head Lambert term, occlusion darkening, expression lines
+    and the highlight along the nose bridge."""
+    idt = sc.identity
+    R, s, t2 = projection
+    axes = np.array([1.02 * idt.width, 1.25 * idt.height, 0.85])
+    centre3 = np.array([0.0, 0.05 * idt.height, -0.3])
+    shade = _head_shading(sc, size, R, s, t2, axes, centre3)
+    dark = _occlusion_darkening(sc, size, p68, A, u)
+    fine = _expression_lines(sc, size, p68, A, u)
     hi = np.zeros((size, size), np.float32)
     cv2.polylines(hi, [np.round(p68[[27, 28, 29, 30]]).astype(np.int32)], False, 0.12, max(1, int(0.05 * u)))
     hi = cv2.GaussianBlur(hi, (0, 0), 0.04 * u)
-    total = shade * (1 - dark - fine) + hi * sc.light_dir[2]
+    return shade * (1 - dark - fine) + hi * sc.light_dir[2]
 
-    person = cv_.rgb * np.clip(total, 0.05, 1.6)[..., None]
-    # glasses sit on top and are shaded like the rest
-    bg = _background(sc, size)
-    cover = cv_.cover[..., None]
-    img = bg * (1 - cover) + person * cover
-    if idt.glasses:
-        gl = _Canvas(size)
-        gl.rgb[:] = img
-        ipd = np.linalg.norm(p68[F.EYE_R].mean(0) - p68[F.EYE_L].mean(0))
-        for grp in (F.EYE_L, F.EYE_R):
-            c = p68[grp].mean(0)
-            t = np.linspace(0, 2 * np.pi, 28, endpoint=False)
-            rx, ry = 0.36 * ipd, 0.24 * ipd
-            rot = np.deg2rad(sc.roll)
-            el = np.stack([rx * np.cos(t), ry * np.sin(t)], 1)
-            el = el @ np.array([[np.cos(rot), np.sin(rot)], [-np.sin(rot), np.cos(rot)]])
-            gl.fill([c + el], (200, 215, 225), alpha=0.12, cover=False)
-            gl.line(c + el, idt.glasses_rgb, max(1, int(round(0.03 * u))), closed=True)
-        bridge = np.array([p68[39] + np.array([0.02 * u, -0.02 * u]), p68[27] + np.array([0, 0.02 * u]),
-                           p68[42] + np.array([-0.02 * u, -0.02 * u])])
-        gl.line(bridge, idt.glasses_rgb, max(1, int(round(0.03 * u))))
-        img = gl.rgb
-    img = img * np.asarray(sc.light_tint, np.float32) * sc.exposure
 
-    # sensor: defocus, noise, quantisation, JPEG
+def _paint_glasses(img: np.ndarray, sc: Scene, size: int, p68, u: float) -> np.ndarray:
+    """Lenses and frames over the shaded image (they are shaded like the rest, so drawn last)."""
+    idt = sc.identity
+    gl = _Canvas(size)
+    gl.rgb[:] = img
+    ipd = np.linalg.norm(p68[F.EYE_R].mean(0) - p68[F.EYE_L].mean(0))
+    for grp in (F.EYE_L, F.EYE_R):
+        rim = _ellipse(p68[grp].mean(0), 0.36 * ipd, 0.24 * ipd, sc.roll, 28)
+        gl.fill([rim], (200, 215, 225), alpha=0.12, cover=False)
+        gl.line(rim, idt.glasses_rgb, max(1, int(round(0.03 * u))), closed=True)
+    bridge = np.array([p68[39] + np.array([0.02 * u, -0.02 * u]), p68[27] + np.array([0, 0.02 * u]),
+                       p68[42] + np.array([-0.02 * u, -0.02 * u])])
+    gl.line(bridge, idt.glasses_rgb, max(1, int(round(0.03 * u))))
+    return gl.rgb
+
+
+def _sensor(img: np.ndarray, sc: Scene, size: int, rng) -> tuple[np.ndarray, bytes]:
+    """Defocus, noise (draws from ``rng``), quantisation and JPEG."""
     if sc.blur_sigma > 0.05:
         img = cv2.GaussianBlur(img, (0, 0), sc.blur_sigma * size / 256)
     img = img + rng.normal(0, sc.noise_sigma, img.shape).astype(np.float32)
@@ -487,13 +508,37 @@ def render_face(sc: Scene, size: int) -> Rendered:
     buf = io.BytesIO()
     Image.fromarray(img8).save(buf, format="JPEG", quality=int(sc.jpeg_quality), subsampling=JPEG_SUBSAMPLING,
                                optimize=False, progressive=False)
+    return img8, buf.getvalue()
+
+
+def render_face(sc: Scene, size: int) -> Rendered:
+    # one generator for the face's own noise; the order of its draws (hair, skin, beard,
+    # sensor) is part of the output, so the painters run in this order
+    rng = np.random.default_rng(sc.seed_bg + 1)
+    p68, A, face_poly, projection = _place(sc)
+    u = sc.face_half_width  # px per face unit
+
+    cv_ = _Canvas(size)
+    _paint_head(cv_, sc, A, face_poly, rng, size)
+    _paint_eyes(cv_, sc, p68, u)
+    _paint_nose_and_mouth(cv_, sc, p68, A, u)
+
+    total = _shading(sc, size, p68, A, u, projection)
+    person = cv_.rgb * np.clip(total, 0.05, 1.6)[..., None]
+    bg = _background(sc, size)
+    cover = cv_.cover[..., None]
+    img = bg * (1 - cover) + person * cover
+    if sc.identity.glasses:
+        img = _paint_glasses(img, sc, size, p68, u)
+    img = img * np.asarray(sc.light_tint, np.float32) * sc.exposure
+    img8, jpeg = _sensor(img, sc, size, rng)
 
     box = np.array([*face_poly.min(0), *face_poly.max(0)], np.float32)
     box[[0, 2]] = np.clip(box[[0, 2]], 0, size)
     box[[1, 3]] = np.clip(box[[1, 3]], 0, size)
     return Rendered(
         image=img8,
-        jpeg=buf.getvalue(),
+        jpeg=jpeg,
         parsing=cv_.label,
         points68=p68.astype(np.float32),
         points5=F.five_from_68(p68),
