@@ -278,21 +278,22 @@ def fit(cfg: TrainConfig, shards: D.ShardSet, model_dir: str | Path, opts: RunOp
     if cfg.max_steps_per_epoch and nbatches:
         nbatches = min(nbatches, cfg.max_steps_per_epoch)
 
+    # One loader for the whole run: its workers persist across epochs and build each epoch's
+    # pipeline (augmentation epoch, rebalancing draws) themselves.
+    loader = D.EpochLoader(functools.partial(
+        D.train_epoch_pipeline, urls=train_urls, aug=base_aug, batch_size=cfg.batch_size, seed=cfg.seed,
+        index=index if cfg.sampler == "rebalance" and not resampled else None, num_classes=num_classes,
+        label_weights=label_w, rank=rank, world=world, resampled=resampled, shuffle_buffer=cfg.shuffle_buffer,
+        drop_last=cfg.drop_last), opts.num_workers, nbatches=nbatches, pin_memory=device.type == "cuda",
+        generator=generator)
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
         criterion.set_epoch(epoch)
         aug = D.Augment(**{**base_aug.__dict__, "epoch": epoch})
-        draws = D.epoch_draws(index, num_classes, cfg.seed, epoch) if (cfg.sampler == "rebalance"
-                                                                         and not resampled) else None
-        pipe = D.train_pipeline(train_urls, aug, cfg.batch_size, seed=cfg.seed, epoch=epoch, draws=draws,
-                                label_weights=label_w, rank=rank, world=world, resampled=resampled,
-                                shuffle_buffer=cfg.shuffle_buffer, drop_last=cfg.drop_last)
-        loader = D.make_loader(pipe, opts.num_workers, nbatches=nbatches, pin_memory=device.type == "cuda",
-                               generator=generator)
         net.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         n_seen = 0
-        for step, batch in enumerate(loader, start=1):
+        for step, batch in enumerate(loader.epoch(epoch), start=1):
             if cfg.max_steps_per_epoch and step > cfg.max_steps_per_epoch:
                 break
             img, priors, y = _to_device(batch, device, cfg.channels_last, device.type == "cuda")
