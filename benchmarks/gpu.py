@@ -19,6 +19,7 @@ failed (after the JSON is written), so a smoke run in CI catches an interface ch
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
@@ -87,10 +88,12 @@ def part_step(device: torch.device, batch: int, rounds: int, compile_: bool, out
     from ferpipe.train.loop import _train_step
     from ferpipe.train.optim import build_optimizer
 
+    # Smoke: ORSANet large's trunk and frozen nets with one fusion block (the code path, not the cost).
+    create = functools.partial(create_model, "orsanet", variant="large", **({"depth": 1} if smoke else {}))
     torch.manual_seed(0)
     x = torch.randn(batch, 3, 224, 224, device=device)
     y = torch.randint(0, 7, (batch,), device=device)
-    online = create_model("orsanet", variant="large", priors="online").to(device)
+    online = create(priors="online").to(device)
     with torch.no_grad():
         lmk, seg = online.compute_priors(x)
     amp = torch.bfloat16 if device.type == "cuda" else None
@@ -102,7 +105,7 @@ def part_step(device: torch.device, batch: int, rounds: int, compile_: bool, out
 
     def make(priors: str, fast: bool):
         torch.manual_seed(0)
-        m = create_model("orsanet", variant="large", priors=priors).to(device)
+        m = create(priors=priors).to(device)
         m.load_state_dict(online.state_dict(), strict=False)
         xi = x
         if fast:

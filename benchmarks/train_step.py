@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 import tempfile
 import time
@@ -70,17 +71,19 @@ def _ratio(rows, a, b) -> float:
 
 
 def bench_large(batch: int, rounds: int, out: dict, smoke: bool = False) -> None:
+    # Smoke: ORSANet large's trunk and frozen nets with one fusion block (the code path, not the cost).
+    create = functools.partial(create_model, "orsanet", variant="large", **({"depth": 1} if smoke else {}))
     torch.manual_seed(0)
     x = torch.randn(batch, 3, 224, 224)
     y = torch.randint(0, 7, (batch,))
-    online = create_model("orsanet", variant="large", priors="online").eval()
-    feats = create_model("orsanet", variant="large", priors="features").eval()
+    online = create(priors="online").eval()
+    feats = create(priors="features").eval()
     feats.load_state_dict(online.state_dict(), strict=False)
     with torch.no_grad():
         lmk, seg = online.compute_priors(x)
         ref = feats(x, lmk, seg)
         diff = (online(x) - ref).abs().max().item()
-        cl = create_model("orsanet", variant="large", priors="features").eval()
+        cl = create(priors="features").eval()
         cl.load_state_dict(feats.state_dict())
         cl.to(memory_format=torch.channels_last)
         diff_cl = (cl(x.contiguous(memory_format=torch.channels_last), lmk, seg) - ref).abs().max().item()
@@ -94,7 +97,7 @@ def bench_large(batch: int, rounds: int, out: dict, smoke: bool = False) -> None
     default = presets.get_preset("orsanet-large")
     models = {}
     for name in ("features_nchw", "features_default", "fused_adam"):
-        m = create_model("orsanet", variant="large", priors="features")
+        m = create(priors="features")
         m.load_state_dict(feats.state_dict())
         models[name] = m
     fns = {

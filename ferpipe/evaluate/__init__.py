@@ -9,13 +9,15 @@ Public API::
     from ferpipe.evaluate import classification_metrics, group_accuracy, robustness_curve, assign_bins
 """
 
-from .metrics import assign_bins, classification_metrics, flatten, group_accuracy, robustness_curve
-from .params import EvaluateParams
-from .predict import CheckpointPredictor, LabelMapMismatchError, Predictions, Predictor, check_label_map
-from .stage import EvaluateReport, evaluate_sets, run_evaluate
+from ferpipe._lazy import lazy_exports
 
-__all__ = [
-    "CheckpointPredictor", "EvaluateParams", "EvaluateReport", "LabelMapMismatchError", "Predictions", "Predictor",
-    "assign_bins", "check_label_map", "classification_metrics", "evaluate_sets", "flatten", "group_accuracy",
-    "robustness_curve", "run_evaluate",
-]
+# Loaded on first use (ferpipe._lazy): reading params.yaml must not import this stage's dependencies.
+_EXPORTS = {
+    "CheckpointPredictor": "predict", "EvaluateParams": "params", "EvaluateReport": "stage",
+    "LabelMapMismatchError": "predict", "Predictions": "predict", "Predictor": "predict",
+    "assign_bins": "metrics", "check_label_map": "predict", "classification_metrics": "metrics",
+    "evaluate_sets": "stage", "flatten": "metrics", "group_accuracy": "metrics",
+    "robustness_curve": "metrics", "run_evaluate": "stage",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

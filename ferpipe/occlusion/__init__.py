@@ -10,26 +10,17 @@ Public API::
     from ferpipe.occlusion.stage import run_occlusion
 """
 
-from .occluders import OCCLUDERS, composite, draw_occluder, register_occluder
-from .params import ALL_OCCLUDERS, OcclusionParams, SubsetListParams
-from .synthetic import (
-    SET_NAME,
-    BackendRecompute,
-    OcclusionReport,
-    backend_recompute,
-    finalize_occlusion,
-    gallery_markdown,
-    occlude,
-    occlusion_shard,
-    plan_occlusion,
-    read_metadata,
-    sample_seed,
-    synthetic_occlusion_stage,
-)
+from ferpipe._lazy import lazy_exports
 
-__all__ = [
-    "ALL_OCCLUDERS", "OCCLUDERS", "SET_NAME", "BackendRecompute", "OcclusionParams", "OcclusionReport",
-    "SubsetListParams", "backend_recompute", "composite", "draw_occluder", "finalize_occlusion",
-    "gallery_markdown", "occlude", "occlusion_shard", "plan_occlusion", "read_metadata", "register_occluder",
-    "sample_seed", "synthetic_occlusion_stage",
-]
+# Loaded on first use (ferpipe._lazy): reading params.yaml must not import this stage's dependencies.
+_EXPORTS = {
+    "ALL_OCCLUDERS": "params", "BackendRecompute": "synthetic", "OCCLUDERS": "occluders",
+    "OcclusionParams": "params", "OcclusionReport": "synthetic", "SET_NAME": "synthetic",
+    "SubsetListParams": "params", "backend_recompute": "synthetic", "composite": "occluders",
+    "draw_occluder": "occluders", "finalize_occlusion": "synthetic", "gallery_markdown": "synthetic",
+    "occlude": "synthetic", "occlusion_shard": "synthetic", "plan_occlusion": "synthetic",
+    "read_metadata": "synthetic", "register_occluder": "occluders", "sample_seed": "synthetic",
+    "synthetic_occlusion_stage": "synthetic",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -7,38 +7,18 @@ Backends (``priors.backend``): ``official`` checkpoints, ``ferpipe``'s own small
 by the ``prior-nets`` stage, :mod:`.training`), or an ``insightface`` 106-point ONNX model.
 """
 
-from ferpipe.priors.backends import (
-    FerpipeBackend,
-    InsightfaceBackend,
-    OfficialBackend,
-    PriorBackend,
-    build_backend,
-    model_input,
-)
-from ferpipe.priors.conventions import (
-    IBUG68_FLIP,
-    LAPA_FLIP,
-    flip_landmarks,
-    flip_parsing,
-    parsing_from_68,
-)
-from ferpipe.priors.params import PriorNetsParams, PriorsParams
-from ferpipe.priors.stage import (
-    PriorsReport,
-    gallery_markdown,
-    gallery_rows,
-    plan_priors,
-    priors_gallery,
-    priors_shard,
-    priors_stage,
-    run_priors,
-)
-from ferpipe.priors.training import PriorNetsReport, prior_nets_stage, run_prior_nets
+from ferpipe._lazy import lazy_exports
 
-__all__ = [
-    "FerpipeBackend", "IBUG68_FLIP", "InsightfaceBackend", "LAPA_FLIP", "OfficialBackend",
-    "PriorBackend", "PriorNetsParams", "PriorNetsReport", "PriorsParams", "PriorsReport",
-    "build_backend", "flip_landmarks", "flip_parsing", "gallery_markdown", "gallery_rows",
-    "model_input", "parsing_from_68", "plan_priors", "prior_nets_stage", "priors_gallery",
-    "priors_shard", "priors_stage", "run_prior_nets", "run_priors",
-]
+# Loaded on first use (ferpipe._lazy): reading params.yaml must not import this stage's dependencies.
+_EXPORTS = {
+    "FerpipeBackend": "backends", "IBUG68_FLIP": "conventions", "InsightfaceBackend": "backends",
+    "LAPA_FLIP": "conventions", "OfficialBackend": "backends", "PriorBackend": "backends",
+    "PriorNetsParams": "params", "PriorNetsReport": "training", "PriorsParams": "params",
+    "PriorsReport": "stage", "build_backend": "backends", "flip_landmarks": "conventions",
+    "flip_parsing": "conventions", "gallery_markdown": "stage", "gallery_rows": "stage",
+    "model_input": "backends", "parsing_from_68": "conventions", "plan_priors": "stage",
+    "prior_nets_stage": "training", "priors_gallery": "stage", "priors_shard": "stage",
+    "priors_stage": "stage", "run_prior_nets": "training", "run_priors": "stage",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -9,14 +9,14 @@ Public API::
     from ferpipe.train.optim import SAM, build_optimizer, build_scheduler
 """
 
-from .checkpoint import load as load_checkpoint
-from .loop import NonFiniteLossError, RunOptions, TrainResult, evaluate, fit
-from .params import TrainParams
-from .presets import TrainConfig, get_preset, list_presets, register_preset, resolve
-from .stage import TrainReport, run_train, train_stage
+from ferpipe._lazy import lazy_exports
 
-__all__ = [
-    "NonFiniteLossError", "RunOptions", "TrainConfig", "TrainParams", "TrainReport", "TrainResult",
-    "evaluate", "fit", "get_preset", "list_presets", "load_checkpoint", "register_preset", "resolve",
-    "run_train", "train_stage",
-]
+# Loaded on first use (ferpipe._lazy): reading params.yaml must not import this stage's dependencies.
+_EXPORTS = {
+    "NonFiniteLossError": "loop", "RunOptions": "loop", "TrainConfig": "presets", "TrainParams": "params",
+    "TrainReport": "stage", "TrainResult": "loop", "evaluate": "loop", "fit": "loop", "get_preset": "presets",
+    "list_presets": "presets", "load_checkpoint": "checkpoint:load", "register_preset": "presets",
+    "resolve": "presets", "run_train": "stage", "train_stage": "stage",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
