@@ -106,15 +106,14 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny set, one round: checks the benchmark runs")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.n_per_class, args.rounds = 1, 1
+        args.n_per_class, args.rounds = 2, 1
     out: dict = {"machine": machine(), "smoke": args.smoke, "n_per_class": args.n_per_class, "rounds": args.rounds}
     with tempfile.TemporaryDirectory() as tmp:
         proj = Path(tmp)
         shutil.copy(ROOT / "params.yaml", proj / "params.yaml")
         sets = ["-S", f"download.synthetic.n_per_class={args.n_per_class}"]
         ferpipe = [sys.executable, "-m", "ferpipe.cli"]
-        subprocess.run([*ferpipe, "download", "--no-flow", *sets], cwd=proj, env=_env(), check=True,
-                       capture_output=True)
+        _timed([*ferpipe, "download", "--no-flow", *sets], proj)
         from ferpipe.config import load_params
 
         p = load_params(proj / "params.yaml", sets[1::2])
