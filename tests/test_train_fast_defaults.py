@@ -3,6 +3,7 @@ channels-last (its logits match NCHW's to float rounding); other models keep NCH
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -79,3 +80,30 @@ def test_channels_last_loss_and_gradients_match_nchw():
         grads.append(torch.cat([p.grad.reshape(-1) for p in m.parameters() if p.grad is not None]))
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     assert ((grads[0] - grads[1]).norm() / grads[0].norm()).item() < 1e-4
+
+
+@pytest.mark.parametrize("name", ["adamw", "sam-adam", "sgd"])
+def test_fused_optimizer_step_matches_the_per_tensor_loop(name):
+    from ferpipe.train.loop import RunOptions
+    from ferpipe.train.optim import SAM, build_optimizer
+
+    assert TrainParams().fused_optimizer is True and RunOptions().fused_optimizer is True
+    torch.manual_seed(0)
+    ref = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 7))
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 7, (4,))
+    after = []
+    for fused in (False, True):
+        m = copy.deepcopy(ref)
+        opt = build_optimizer(name, list(m.parameters()), lr=1e-3, weight_decay=0.01, fused=fused)
+        for _ in range(3):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(m(x), y).backward()
+            if isinstance(opt, SAM):
+                opt.first_step(zero_grad=True)
+                torch.nn.functional.cross_entropy(m(x), y).backward()
+                opt.restore()
+                opt.base_optimizer.step()
+            else:
+                opt.step()
+        after.append(torch.cat([p.detach().reshape(-1) for p in m.parameters()]))
+    assert torch.allclose(after[0], after[1], rtol=1e-5, atol=1e-7)
