@@ -198,6 +198,7 @@ def loader_vs_step(root: Path, workers: int, rounds: int, steps_per_round: int) 
     from train_step import cpu_preset_batch, sam_step
 
     from ferpipe.train import presets
+    from ferpipe.train.loop import RunOptions
 
     cfg = presets.get_preset("orsanet-cpu")
     build, n = _build(root, "maps", cfg.img_size, cfg.batch_size, seed=cfg.seed)
@@ -205,7 +206,9 @@ def loader_vs_step(root: Path, workers: int, rounds: int, steps_per_round: int) 
     sum(1 for _ in loader.epoch(1))  # workers up (a run pays this once)
     shardset = D.probe_shards(root, splits=("train",))
     _, model, inputs, y = cpu_preset_batch(shardset, cfg.batch_size)
-    step = sam_step(model, inputs, y, optimizer_name=cfg.optimizer, lr=cfg.lr, channels_last=cfg.channels_last)
+    fused = RunOptions().fused_optimizer
+    step = sam_step(model, inputs, y, optimizer_name=cfg.optimizer, lr=cfg.lr, channels_last=cfg.channels_last,
+                    fused=fused)
     epoch = [1]
 
     def one_epoch():
@@ -221,7 +224,7 @@ def loader_vs_step(root: Path, workers: int, rounds: int, steps_per_round: int) 
     loader_ips = n / rows["loader_epoch"]["median_s"]
     step_ips = steps_per_round * cfg.batch_size / rows["train_steps"]["median_s"]
     return {"preset": "orsanet-cpu", "image_size": cfg.img_size, "batch": cfg.batch_size, "workers": workers,
-            "channels_last": cfg.channels_last, "epoch_samples": n, "timing": rows,
+            "channels_last": cfg.channels_last, "fused_optimizer": fused, "epoch_samples": n, "timing": rows,
             "loader_images_per_s": loader_ips, "train_step_images_per_s": step_ips,
             "loader_over_step": loader_ips / step_ips}
 

@@ -42,7 +42,7 @@ from ferpipe.models import create_model  # noqa: E402
 from ferpipe.train import data as D  # noqa: E402
 from ferpipe.train import presets  # noqa: E402
 from ferpipe.train.fixtures import write_random_priors  # noqa: E402
-from ferpipe.train.loop import _train_step, build_model  # noqa: E402
+from ferpipe.train.loop import RunOptions, _train_step, build_model  # noqa: E402
 from ferpipe.train.optim import build_optimizer  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "train_step.json"
@@ -95,18 +95,19 @@ def bench_large(batch: int, rounds: int, out: dict, smoke: bool = False) -> None
     # Cached priors arrive as fp16 from the shards and are cast to float on the device, as the loop does.
     lmk, seg = lmk.half().float(), seg.half().float()
     default = presets.get_preset("orsanet-large")
+    fused_default = RunOptions().fused_optimizer
     models = {}
-    for name in ("features_nchw", "features_default", "fused_adam"):
+    for name in ("features_nchw", "features_channels_last", "features_default"):
         m = create(priors="features")
         m.load_state_dict(feats.state_dict())
         models[name] = m
     fns = {
         "online_release": sam_step(online, [x], y),
         "features_nchw": sam_step(models["features_nchw"], [x, lmk, seg], y),
+        "features_channels_last": sam_step(models["features_channels_last"], [x, lmk, seg], y, channels_last=True),
+        # the trainer's defaults: the preset's channels_last, train.fused_optimizer
         "features_default": sam_step(models["features_default"], [x, lmk, seg], y,
-                                     channels_last=default.channels_last),
-        "fused_adam": sam_step(models["fused_adam"], [x, lmk, seg], y, channels_last=default.channels_last,
-                               fused=True),
+                                     channels_last=default.channels_last, fused=fused_default),
     }
     if smoke:
         # Smoke: the online step (two Swin-B passes per step) is built and its output checked
@@ -115,8 +116,10 @@ def bench_large(batch: int, rounds: int, out: dict, smoke: bool = False) -> None
         out["large_online_step_skipped"] = "--smoke"
     rows = interleaved(fns, rounds, warmup=0 if smoke else 1)
     r = out["large"] = {"batch": batch, "rounds": rounds, "default_channels_last": default.channels_last,
-                        "sam_step": rows, "channels_last_gain": _ratio(rows, "features_nchw", "features_default"),
-                        "fused_adam_gain": _ratio(rows, "features_default", "fused_adam")}
+                        "default_fused_optimizer": fused_default, "sam_step": rows,
+                        "channels_last_gain": _ratio(rows, "features_nchw", "features_channels_last"),
+                        "fused_gain": _ratio(rows, "features_channels_last", "features_default"),
+                        "defaults_gain": _ratio(rows, "features_nchw", "features_default")}
     msg = ""
     if "online_release" in rows:
         r["cached_default_vs_online_release"] = _ratio(rows, "online_release", "features_default")
@@ -124,8 +127,8 @@ def bench_large(batch: int, rounds: int, out: dict, smoke: bool = False) -> None
         msg = (f"online (release) {rows['online_release']['median_s']:.2f}s -> cached default "
                f"x{r['cached_default_vs_online_release']:.2f} the release (NCHW x{r['cached_nchw_vs_online_release']:.2f}); ")
     print(f"large SAM step, batch {batch}: {msg}cached NCHW {rows['features_nchw']['median_s']:.2f}s, cached default "
-          f"{rows['features_default']['median_s']:.2f}s (channels_last x{r['channels_last_gain']:.2f}); "
-          f"fused Adam x{r['fused_adam_gain']:.2f} more")
+          f"{rows['features_default']['median_s']:.2f}s (channels_last x{r['channels_last_gain']:.2f}, "
+          f"then fused Adam x{r['fused_gain']:.2f})")
 
 
 def cpu_preset_batch(shards: D.ShardSet, batch: int, cfg=None):
@@ -145,15 +148,19 @@ def bench_cpu_preset(shards: D.ShardSet, batch: int, rounds: int, compile_: bool
                      ("sam_adam", {"optimizer_name": "sam-adam"})):
         _, m, _, _ = cpu_preset_batch(shards, batch)
         fns[name] = sam_step(m, inputs, y, **{"optimizer_name": cfg.optimizer, "lr": cfg.lr, **kw})
+    _, m, _, _ = cpu_preset_batch(shards, batch)  # the trainer's defaults: preset channels_last, fused optimiser
+    fns["default"] = sam_step(m, inputs, y, optimizer_name=cfg.optimizer, lr=cfg.lr, channels_last=cfg.channels_last,
+                              fused=RunOptions().fused_optimizer)
     rows = interleaved(fns, rounds)
-    default = "channels_last" if cfg.channels_last else "nchw"
+    default = "default"
     res = {"batch": batch, "rounds": rounds, "optimizer": cfg.optimizer, "default_channels_last": cfg.channels_last,
            "step": rows, "default_step_s": rows[default]["median_s"],
            "train_images_per_s": batch / rows[default]["median_s"],
+           "default_gain": _ratio(rows, "nchw", "default"),
            "channels_last_gain": _ratio(rows, "nchw", "channels_last"),
            "fused_gain": _ratio(rows, "nchw", "fused"), "sam_cost": _ratio(rows, "sam_adam", "nchw")}
     print(f"orsanet-cpu ({shards.prior_kind}, batch {batch}, {cfg.optimizer}): default step "
-          f"{res['default_step_s']:.3f}s = {res['train_images_per_s']:.1f} img/s; channels_last "
+          f"{res['default_step_s']:.3f}s = {res['train_images_per_s']:.1f} img/s (x{res['default_gain']:.2f} NCHW); channels_last "
           f"x{res['channels_last_gain']:.2f}, fused x{res['fused_gain']:.2f}, SAM costs x{res['sam_cost']:.2f}")
     if compile_:
         _, m, _, _ = cpu_preset_batch(shards, batch)
