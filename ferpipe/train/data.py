@@ -364,7 +364,7 @@ def augment_for(config: dict[str, Any], prior_kind: str, train: bool = True) -> 
 
 def _decode_image(data: bytes, size: int) -> tuple[np.ndarray, int]:
     # OpenCV's libjpeg-turbo decode gives the same pixels as PIL's for the stages' 3-channel
-    # JPEGs (both ISLOW IDCT, fancy upsampling; checked in tests/test_train.py) in about half
+    # JPEGs (both ISLOW IDCT, fancy upsampling; checked in tests/test_train_loader.py) in about half
     # the time. Anything it cannot read takes PIL's path.
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if arr is None:
@@ -394,7 +394,7 @@ def _png(data: bytes) -> np.ndarray:
 def _erase_box(rng: np.random.Generator, img: torch.Tensor, aug: Augment):
     """torchvision's ``RandomErasing.get_params`` step for step, drawing from a generator
     seeded per sample instead of the global RNG: the same boxes as seeding the global RNG and
-    calling it (tests/test_train.py), without ``fork_rng``'s state save/restore (~13x faster)."""
+    calling it (tests/test_train_loader.py), without ``fork_rng``'s state save/restore (~9x faster)."""
     g = torch.Generator().manual_seed(int(rng.integers(0, 2**63 - 1)))
     img_h, img_w = img.shape[-2], img.shape[-1]
     area = img_h * img_w
