@@ -110,7 +110,7 @@ def _dist_info() -> tuple[int, int]:
 
 def _to_device(batch: dict[str, Any], device, channels_last: bool, non_blocking: bool):
     img = batch["image"].to(device, non_blocking=non_blocking)
-    if channels_last:
+    if channels_last and img.ndim == 4:  # multi-crop batches [B,K,3,S,S] are flattened later
         img = img.contiguous(memory_format=torch.channels_last)
     priors = []
     for p in batch["priors"]:
