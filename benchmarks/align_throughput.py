@@ -41,6 +41,9 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import machine, write_result  # noqa: E402
 
 LABEL_SPACE = {"name": "basic7", "classes": ["surprise", "fear", "disgust", "happiness",
                                              "sadness", "anger", "neutral"]}
@@ -152,7 +155,8 @@ def compare(ref: list, got: list) -> dict:
             "points_maxpx_max": round(max(px), 3)}
 
 
-def bench_set(name: str, raw: Path, files: list[str], threads: int, work: Path) -> dict:
+def bench_set(name: str, raw: Path, files: list[str], threads: int, work: Path,
+              decode_workers: int = 1) -> dict:
     import torch
     from facenet_pytorch import MTCNN
 
@@ -162,7 +166,7 @@ def bench_set(name: str, raw: Path, files: list[str], threads: int, work: Path) 
     from ferpipe.align.detect import FaceDetector
 
     torch.set_num_threads(threads)
-    params = AlignParams(threads=threads, decode_workers=1, batch_size=32,
+    params = AlignParams(threads=threads, decode_workers=decode_workers, batch_size=32,
                          samples_per_shard=1000)
     n = len(files)
 
@@ -302,10 +306,14 @@ def main() -> None:
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-mem", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/align_throughput.json"))
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the benchmark runs")
     args = ap.parse_args()
+    if args.smoke:
+        args.n_small, args.n_photo, args.mem_sizes, args.mem_mode, args.mem_files = 4, 2, [8], "dataset", 4
 
     rng = np.random.default_rng(0)
-    results: dict = {"threads": args.threads, "cpu_count": os.cpu_count()}
+    results: dict = {"machine": machine(), "smoke": args.smoke, "threads": args.threads,
+                     "cpu_count": os.cpu_count()}
     with tempfile.TemporaryDirectory() as td:
         work = Path(td)
         raw = work / "raw"
@@ -316,7 +324,8 @@ def main() -> None:
             for name, files in (("a_256x256_one_face", small[:args.n_small]),
                                 ("b_640x480_photos", photos)):
                 print(f"[{name}] {len(files)} images ...", flush=True)
-                results[name] = bench_set(name, raw, files, args.threads, work)
+                results[name] = bench_set(name, raw, files, args.threads, work,
+                                          decode_workers=0 if args.smoke else 1)
                 print(json.dumps(results[name], indent=1), flush=True)
                 _save(args.out, results)
         if not args.skip_mem:
@@ -332,8 +341,7 @@ def _save(path: str, results: dict) -> None:
     results["load_average_1m"] = round(os.getloadavg()[0], 2)
     results["self_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                                         / 1024, 1)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    write_result(path, results)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -33,6 +32,9 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import machine, write_result  # noqa: E402
 
 from ferpipe import shards  # noqa: E402
 from ferpipe.priors import PriorsParams, priors_stage  # noqa: E402
@@ -114,11 +116,11 @@ def run_one(aligned: Path, out: Path, params: PriorsParams, models: Path) -> dic
     wall = time.perf_counter() - t0
     n = sum(c["written"] for c in rep.splits.values())
     payload, per_ext = prior_payload(out)
-    model_s = sum(json.loads(p.read_text())["extra"]["model_seconds"]
-                  for p in out.glob(f"*{shards.STATS_SUFFIX}"))
+    # Shard stats files hold no timings (identical runs, identical files): the report's rows do.
+    shard_s = sum(r["seconds"] or 0.0 for r in rep.shard_stats)
     return {"kind": params.kind, "backend": params.backend, "samples": n,
             "seconds": round(wall, 2), "samples_per_second": round(n / wall, 3),
-            "model_seconds": round(model_s, 2),
+            "shard_seconds": round(shard_s, 2),
             "bytes_per_sample": rep.bytes_per_sample, "prior_bytes_per_sample": round(payload, 1),
             "prior_bytes_by_member": per_ext, "shapes": rep.prior.get("models")}
 
@@ -131,13 +133,18 @@ def main() -> None:
     ap.add_argument("--prior-nets", default=str(ROOT / "models" / "prior_nets"))
     ap.add_argument("--skip-official", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "priors_throughput.json"))
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny sizes, random ferpipe nets, no official (Swin-B) backend: checks the benchmark runs")
     args = ap.parse_args()
+    if args.smoke:
+        args.n, args.skip_official, args.prior_nets = 2, True, ""
     torch.set_num_threads(args.threads)
+    mach = machine("shared 2-core CPU: other jobs may run at the same time")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         aligned = make_aligned(work / "a", args.n)
-        fmodels, weights = ferpipe_models(work, Path(args.prior_nets))
+        fmodels, weights = ferpipe_models(work, Path(args.prior_nets) if args.prior_nets else None)
         for kind in ("maps", "features"):
             r = run_one(aligned, work / f"ferpipe-{kind}", PriorsParams(kind=kind, backend="ferpipe"), fmodels)
             r["weights"] = weights
@@ -152,14 +159,10 @@ def main() -> None:
                 results.append(r)
                 print(json.dumps(r))
     out = Path(args.out)
-    if args.skip_official and out.is_file():  # keep the earlier official measurements
+    if args.skip_official and out.is_file() and not args.smoke:  # keep the earlier official measurements
         results += [r for r in json.loads(out.read_text()).get("results", []) if r["backend"] == "official"]
-    doc = {"machine": {"cpu_count_visible": torch.get_num_threads(), "platform": platform.platform(),
-                       "torch": torch.__version__, "loadavg_after": [round(x, 2) for x in __import__("os").getloadavg()],
-                       "note": "shared 2-core CPU: other jobs may run at the same time"},
-           "threads": args.threads, "aligned_size": 224, "results": results}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    doc = {"machine": mach, "smoke": args.smoke, "threads": args.threads, "aligned_size": 224, "results": results}
+    write_result(out, doc)
     print(f"wrote {args.out}")
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
 import tempfile
 import time
@@ -74,7 +73,14 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--difficulty", default="default")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "synthetic_mtcnn.json"))
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the benchmark runs")
     a = p.parse_args(argv)
+    if a.smoke:
+        a.n_per_class, a.size, a.workers = 1, 128, 1
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _machine import machine, write_result
+
+    mach = machine()
 
     import torch
 
@@ -105,8 +111,8 @@ def main(argv=None) -> int:
         f"{a.workers} workers); MTCNN detection rate {out['detection_rate']:.3f}; 5-point NME/IOD median "
         f"{out['median_nme_iod']:.4f}, p90 {out['p90_nme_iod']:.4f}; missed {len(out['missed'])}"
     )
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, sort_keys=True, indent=2) + "\n")
+    out["machine"], out["smoke"] = mach, a.smoke
+    write_result(a.out, out)
     print(f"wrote {a.out}")
     return 0
 

@@ -1,170 +1,194 @@
 """Training-step benchmark for the trainer (CPU; random weights).
 
-1. ORSANet large, batch 8, 224 px, SAM (two forward/backward passes per step):
-   cached priors (``priors="features"``, lmk/seg tensors as the shards hold them) against the
-   release's online frozen nets (``priors="online"``: MobileFaceNet + SegFace Swin-B inside both
-   passes). Identical model output is checked first: the features model given the online
-   model's trainable weights and ``compute_priors(x)`` gives the same logits (eval mode).
-2. The trainer's speedups on the same step: channels_last, fused optimiser step, torch.compile
-   (on the CPU preset model; compiling the large model takes minutes here), host syncs.
-3. CPU preset (orsanet-cpu, 112 px): training throughput (images/s) and the loader alone
-   (must be >= 5x the training step).
+1. ORSANet large, batch 8, 224 px, SAM (two forward/backward passes per step): cached priors
+   (``priors="features"``, lmk/seg tensors as the shards hold them) with the trainer's default
+   settings against the release's online frozen nets (``priors="online"``: MobileFaceNet +
+   SegFace Swin-B inside both passes, NCHW, torch's default Adam). Identical model output is
+   checked first: the features model given the online model's trainable weights and
+   ``compute_priors(x)`` gives the same logits (eval mode); channels-last logits are compared
+   with NCHW ones.
+2. The trainer's speed settings one at a time on the same step: channels_last, fused optimiser
+   step; torch.compile on the CPU preset model (compiling the large one takes minutes here).
+3. CPU preset (orsanet-cpu, 112 px, batch 32): step time and images/s, NCHW vs channels-last
+   (the loader against this step: benchmarks/loader.py).
 
-    .venv/bin/python benchmarks/train_step.py [--shards DIR] [--steps 2] [--threads 0] [--skip-large]
+Every comparison is timed interleaved (A, B, A, B, ...; medians), so load from other processes
+hits all variants alike: read the ratios, not the absolute times, on a shared machine.
 
-Prints a table and writes benchmarks/results/train_step.json.
+    python benchmarks/train_step.py [--steps 3] [--threads 0] [--skip-large] [--compile]
+        [--out benchmarks/results/train_step.json] [--smoke]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
-import platform
-import statistics
+import functools
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from ferpipe.models import create_model
-from ferpipe.train import data as D
-from ferpipe.train import presets
-from ferpipe.train.fixtures import write_random_priors
-from ferpipe.train.loop import _train_step, build_model
-from ferpipe.train.optim import build_optimizer
-from ferpipe.losses import orsanet_loss_schedule
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-RESULTS = Path(__file__).parent / "results" / "train_step.json"
-BATCH_LARGE = 8
+from _machine import interleaved, machine, write_result  # noqa: E402
 
+from ferpipe.losses.criterion import create_criterion  # noqa: E402
+from ferpipe.models import create_model  # noqa: E402
+from ferpipe.train import data as D  # noqa: E402
+from ferpipe.train import presets  # noqa: E402
+from ferpipe.train.fixtures import write_random_priors  # noqa: E402
+from ferpipe.train.loop import RunOptions, _train_step, build_model  # noqa: E402
+from ferpipe.train.optim import build_optimizer  # noqa: E402
 
-def _interleaved(steps: dict, rounds: int) -> dict:
-    """Median seconds per step of each config, timed round-robin (one step of each per round) so
-    that load from other processes on a shared machine hits every config alike."""
-    for fn in steps.values():
-        fn()  # warm-up (allocator, oneDNN primitive cache)
-    times = {k: [] for k in steps}
-    for _ in range(rounds):
-        for k, fn in steps.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+RESULTS = ROOT / "benchmarks" / "results" / "train_step.json"
 
 
-def _sam_step(model, inputs, y, optimizer_name="sam-adam", fused=False, channels_last=False, lr=4e-5):
+def sam_step(model, inputs, y, *, optimizer_name="sam-adam", fused=False, channels_last=False, lr=4e-5,
+             epoch=6):
+    """One trainer step (``loop._train_step``, the criterion the ORSANet presets use)."""
     if channels_last:
         model.to(memory_format=torch.channels_last)
         inputs = [inputs[0].contiguous(memory_format=torch.channels_last), *inputs[1:]]
     opt = build_optimizer(optimizer_name, [p for p in model.parameters() if p.requires_grad], lr=lr, fused=fused)
-    loss_fn = orsanet_loss_schedule(6)
+    criterion = create_criterion("orsanet", 7)
+    criterion.set_epoch(epoch)  # past the LSCE warm-up: the DARE phase, most of a run
     model.train()
 
     def step():
-        _train_step(model, opt, None, loss_fn, inputs[0], list(inputs[1:]), y, torch.device("cpu"), None, 1, 1, [])
+        _train_step(model, opt, None, criterion, inputs[0], list(inputs[1:]), y, torch.device("cpu"), None,
+                    epoch, 1, [])
 
     return step
 
 
-def bench_large(steps: int, out: dict) -> None:
+def _ratio(rows, a, b) -> float:
+    return rows[a]["median_s"] / rows[b]["median_s"]
+
+
+def bench_large(batch: int, rounds: int, out: dict, smoke: bool = False) -> None:
+    # Smoke: ORSANet large's trunk and frozen nets with one fusion block (the code path, not the cost).
+    create = functools.partial(create_model, "orsanet", variant="large", **({"depth": 1} if smoke else {}))
     torch.manual_seed(0)
-    x = torch.randn(BATCH_LARGE, 3, 224, 224)
-    y = torch.randint(0, 7, (BATCH_LARGE,))
-    online = create_model("orsanet", variant="large", priors="online").eval()
-    feats = create_model("orsanet", variant="large", priors="features").eval()
+    x = torch.randn(batch, 3, 224, 224)
+    y = torch.randint(0, 7, (batch,))
+    online = create(priors="online").eval()
+    feats = create(priors="features").eval()
     feats.load_state_dict(online.state_dict(), strict=False)
     with torch.no_grad():
         lmk, seg = online.compute_priors(x)
-        diff = (online(x) - feats(x, lmk, seg)).abs().max().item()
+        ref = feats(x, lmk, seg)
+        diff = (online(x) - ref).abs().max().item()
+        cl = create(priors="features").eval()
+        cl.load_state_dict(feats.state_dict())
+        cl.to(memory_format=torch.channels_last)
+        diff_cl = (cl(x.contiguous(memory_format=torch.channels_last), lmk, seg) - ref).abs().max().item()
     out["large_identical_output_max_abs_diff"] = diff
-    print(f"large: |online(x) - features(x, priors(x))|_max = {diff:.2e}  (lmk {tuple(lmk.shape)}, seg {tuple(seg.shape)})")
-    # Cached priors arrive as fp16 from the shards and are cast on the device, as the loop does.
-    lmk16, seg16 = lmk.half(), seg.half()
-    models = {"features_sam": feats}
-    for name in ("channels_last", "fused_adam"):
-        m = create_model("orsanet", variant="large", priors="features")
+    out["large_channels_last_logits_max_abs_diff"] = diff_cl
+    out["large_logits_max_abs"] = ref.abs().max().item()
+    print(f"large: |online(x) - features(x, priors(x))|_max = {diff:.2e}; channels_last vs NCHW logits "
+          f"{diff_cl:.2e} (logits up to {out['large_logits_max_abs']:.2f})")
+    # Cached priors arrive as fp16 from the shards and are cast to float on the device, as the loop does.
+    lmk, seg = lmk.half().float(), seg.half().float()
+    default = presets.get_preset("orsanet-large")
+    fused_default = RunOptions().fused_optimizer
+    models = {}
+    for name in ("features_nchw", "features_channels_last", "features_default"):
+        m = create(priors="features")
         m.load_state_dict(feats.state_dict())
         models[name] = m
     fns = {
-        "features_sam": _sam_step(models["features_sam"], [x, lmk16.float(), seg16.float()], y),
-        "online_sam": _sam_step(online, [x], y),
-        "channels_last": _sam_step(models["channels_last"], [x, lmk, seg], y, channels_last=True),
-        "fused_adam": _sam_step(models["fused_adam"], [x, lmk, seg], y, fused=True),
+        "online_release": sam_step(online, [x], y),
+        "features_nchw": sam_step(models["features_nchw"], [x, lmk, seg], y),
+        "features_channels_last": sam_step(models["features_channels_last"], [x, lmk, seg], y, channels_last=True),
+        # the trainer's defaults: the preset's channels_last, train.fused_optimizer
+        "features_default": sam_step(models["features_default"], [x, lmk, seg], y,
+                                     channels_last=default.channels_last, fused=fused_default),
     }
-    rows = _interleaved(fns, steps)
-    out["large_sam_step_s"] = rows
-    out["large_cached_speedup"] = rows["online_sam"] / rows["features_sam"]
-    print(f"large features (cached priors) SAM step: {rows['features_sam']:.2f}s ({BATCH_LARGE / rows['features_sam']:.2f} img/s)")
-    print(f"large online (frozen nets, release) SAM step: {rows['online_sam']:.2f}s "
-          f"({BATCH_LARGE / rows['online_sam']:.2f} img/s); cached priors x{out['large_cached_speedup']:.2f} faster")
-    for name in ("channels_last", "fused_adam"):
-        print(f"large features SAM step + {name}: {rows[name]:.2f}s (x{rows['features_sam'] / rows[name]:.2f})")
+    if smoke:
+        # Smoke: the online step (two Swin-B passes per step) is built and its output checked
+        # above, but not timed: it alone would take most of the smoke budget.
+        del fns["online_release"]
+        out["large_online_step_skipped"] = "--smoke"
+    rows = interleaved(fns, rounds, warmup=0 if smoke else 1)
+    r = out["large"] = {"batch": batch, "rounds": rounds, "default_channels_last": default.channels_last,
+                        "default_fused_optimizer": fused_default, "sam_step": rows,
+                        "channels_last_gain": _ratio(rows, "features_nchw", "features_channels_last"),
+                        "fused_gain": _ratio(rows, "features_channels_last", "features_default"),
+                        "defaults_gain": _ratio(rows, "features_nchw", "features_default")}
+    # Ratios of the fastest round too: on a shared machine the least-disturbed round is the
+    # closest to the step's own cost.
+    r["min_based"] = {"channels_last_gain": rows["features_nchw"]["min_s"] / rows["features_channels_last"]["min_s"],
+                      "defaults_gain": rows["features_nchw"]["min_s"] / rows["features_default"]["min_s"]}
+    msg = ""
+    if "online_release" in rows:
+        r["min_based"]["cached_default_vs_online_release"] = (rows["online_release"]["min_s"]
+                                                              / rows["features_default"]["min_s"])
+        r["cached_default_vs_online_release"] = _ratio(rows, "online_release", "features_default")
+        r["cached_nchw_vs_online_release"] = _ratio(rows, "online_release", "features_nchw")
+        msg = (f"online (release) {rows['online_release']['median_s']:.2f}s -> cached default "
+               f"x{r['cached_default_vs_online_release']:.2f} the release (NCHW x{r['cached_nchw_vs_online_release']:.2f}); ")
+    print(f"large SAM step, batch {batch}: {msg}cached NCHW {rows['features_nchw']['median_s']:.2f}s, cached default "
+          f"{rows['features_default']['median_s']:.2f}s (channels_last x{r['channels_last_gain']:.2f}, "
+          f"then fused Adam x{r['fused_gain']:.2f})")
 
 
-def _cpu_model_and_batch(shards: D.ShardSet, batch: int):
-    cfg = dataclasses.replace(presets.get_preset("orsanet-cpu"), batch_size=batch)
-    model, kw = build_model(cfg, shards, 0)
+def cpu_preset_batch(shards: D.ShardSet, batch: int, cfg=None):
+    """orsanet-cpu's model (seeded) and one real batch of the shards through the training pipeline."""
+    cfg = dataclasses.replace(cfg or presets.get_preset("orsanet-cpu"), batch_size=batch)
+    model, _ = build_model(cfg, shards, 0)
     aug = D.Augment(prior_kind=shards.prior_kind, img_size=cfg.img_size, seed=0, epoch=1)
     b = next(iter(D.make_loader(D.train_pipeline(shards.urls("train"), aug, batch, seed=0, epoch=1), 0)))
     inputs = [b["image"], *[p.float() if p.is_floating_point() else p for p in b["priors"]]]
     return cfg, model, inputs, b["label"]
 
 
-def bench_cpu_preset(shards: D.ShardSet, steps: int, workers: int, out: dict) -> None:
-    cfg, model, inputs, y = _cpu_model_and_batch(shards, 32)
-    fns = {"base": _sam_step(model, inputs, y, optimizer_name=cfg.optimizer, lr=cfg.lr)}
-    _, m, _, _ = _cpu_model_and_batch(shards, 32)
-    fns["sam_adam"] = _sam_step(m, inputs, y, optimizer_name="sam-adam", lr=cfg.lr)
-    for name, kw in (("channels_last", {"channels_last": True}), ("fused", {"fused": True})):
-        _, m, _, _ = _cpu_model_and_batch(shards, 32)
-        fns[name] = _sam_step(m, inputs, y, optimizer_name=cfg.optimizer, lr=cfg.lr, **kw)
-    t = _interleaved(fns, steps)
-    base = t["base"]
-    res = {"step_s": base, "train_images_per_s": 32 / base, "sam_step_s": t["sam_adam"],
-           "channels_last_step_s": t["channels_last"], "fused_step_s": t["fused"]}
-    print(f"orsanet-cpu ({shards.prior_kind}, batch 32, {cfg.optimizer}): {base:.3f}s/step, {32 / base:.1f} img/s")
-    print(f"orsanet-cpu with SAM-Adam instead: {t['sam_adam']:.3f}s/step (x{t['sam_adam'] / base:.2f} the cost)")
-    for name in ("channels_last", "fused"):
-        print(f"orsanet-cpu + {name}: {t[name]:.3f}s/step (x{base / t[name]:.2f})")
-    # torch.compile: outputs compared with eager in eval mode.
-    _, m, _, _ = _cpu_model_and_batch(shards, 32)
-    try:
-        t0 = time.perf_counter()
-        cm = torch.compile(m)
-        with torch.no_grad():
-            m.eval()
-            diff = (cm(*inputs) - m(*inputs)).abs().max().item()
-        compile_s = time.perf_counter() - t0
-        m.train()
-        t = _interleaved({"compiled": _sam_step(cm, inputs, y, optimizer_name=cfg.optimizer, lr=cfg.lr)}, steps)["compiled"]
-        res.update(compile_step_s=t, compile_seconds=compile_s, compile_max_abs_diff=diff)
-        print(f"orsanet-cpu + torch.compile: {t:.3f}s/step (x{base / t:.2f}); compile+first call {compile_s:.0f}s; "
-              f"|compiled - eager|_max = {diff:.1e}")
-    except Exception as exc:  # noqa: BLE001
-        res["compile_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-        print(f"torch.compile failed on this CPU: {res['compile_error']}")
-    # Loader alone.
-    aug = D.Augment(prior_kind=shards.prior_kind, img_size=cfg.img_size, seed=0, epoch=1)
-    urls = shards.urls("train")
-    idx = D.build_index(urls)
-    t0 = time.perf_counter()
-    n = 0
-    for b in D.make_loader(D.train_pipeline(urls, aug, 32, seed=0, epoch=1,
-                                            draws=D.epoch_draws(idx, shards.num_classes, 0, 1)), workers):
-        n += len(b["key"])
-        if n >= 1024:
-            break
-    dt = time.perf_counter() - t0
-    res["loader_images_per_s"] = n / dt
-    res["loader_workers"] = workers
-    res["loader_over_train"] = res["loader_images_per_s"] / res["train_images_per_s"]
-    print(f"loader alone ({workers} workers, incl. start-up): {n / dt:.0f} img/s = x{res['loader_over_train']:.1f} "
-          f"the training step")
+def bench_cpu_preset(shards: D.ShardSet, batch: int, rounds: int, compile_: bool, out: dict) -> None:
+    cfg, model, inputs, y = cpu_preset_batch(shards, batch)
+    fns = {"nchw": sam_step(model, inputs, y, optimizer_name=cfg.optimizer, lr=cfg.lr)}
+    for name, kw in (("channels_last", {"channels_last": True}), ("fused", {"fused": True}),
+                     ("sam_adam", {"optimizer_name": "sam-adam"})):
+        _, m, _, _ = cpu_preset_batch(shards, batch)
+        fns[name] = sam_step(m, inputs, y, **{"optimizer_name": cfg.optimizer, "lr": cfg.lr, **kw})
+    _, m, _, _ = cpu_preset_batch(shards, batch)  # the trainer's defaults: preset channels_last, fused optimiser
+    fns["default"] = sam_step(m, inputs, y, optimizer_name=cfg.optimizer, lr=cfg.lr, channels_last=cfg.channels_last,
+                              fused=RunOptions().fused_optimizer)
+    rows = interleaved(fns, rounds)
+    default = "default"
+    res = {"batch": batch, "rounds": rounds, "optimizer": cfg.optimizer, "default_channels_last": cfg.channels_last,
+           "step": rows, "default_step_s": rows[default]["median_s"],
+           "train_images_per_s": batch / rows[default]["median_s"],
+           "default_gain": _ratio(rows, "nchw", "default"),
+           "channels_last_gain": _ratio(rows, "nchw", "channels_last"),
+           "fused_gain": _ratio(rows, "nchw", "fused"), "sam_cost": _ratio(rows, "sam_adam", "nchw")}
+    print(f"orsanet-cpu ({shards.prior_kind}, batch {batch}, {cfg.optimizer}): default step "
+          f"{res['default_step_s']:.3f}s = {res['train_images_per_s']:.1f} img/s (x{res['default_gain']:.2f} NCHW); channels_last "
+          f"x{res['channels_last_gain']:.2f}, fused x{res['fused_gain']:.2f}, SAM costs x{res['sam_cost']:.2f}")
+    if compile_:
+        _, m, _, _ = cpu_preset_batch(shards, batch)
+        try:
+            t0 = time.perf_counter()
+            cm = torch.compile(m)
+            with torch.no_grad():
+                m.eval()
+                diff = (cm(*inputs) - m(*inputs)).abs().max().item()
+            compile_s = time.perf_counter() - t0
+            m.train()
+            t = interleaved({"compiled": sam_step(cm, inputs, y, optimizer_name=cfg.optimizer, lr=cfg.lr),
+                             "eager": fns["nchw"]}, rounds)
+            res.update(compile_step=t, compile_seconds=compile_s, compile_max_abs_diff=diff,
+                       compile_gain=_ratio(t, "eager", "compiled"))
+            print(f"orsanet-cpu + torch.compile: x{res['compile_gain']:.2f}; compile + first call {compile_s:.0f}s; "
+                  f"|compiled - eager|_max = {diff:.1e}")
+        except Exception as exc:  # noqa: BLE001 - a compiler missing on this machine is a result too
+            res["compile_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            print(f"torch.compile failed on this CPU: {res['compile_error']}")
+    else:
+        res["compile_skipped"] = "not requested (--compile): compiling takes minutes on 2 cores"
     out["cpu_preset"] = res
 
 
@@ -172,28 +196,35 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shards", help="priors shards for the CPU preset (default: random maps shards at 112)")
     ap.add_argument("--steps", type=int, default=3, help="timed rounds per configuration (median)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (0: torch's default; 1 by default: on a shared 2-core box two "
+                         "OpenMP threads spin-wait on each other and step times swing 10x)")
+    ap.add_argument("--batch-large", type=int, default=8)
     ap.add_argument("--skip-large", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile on the CPU preset")
+    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, one round: checks the benchmark runs")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.steps, args.batch_large, args.compile = 1, 2, False
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-           "load_average_start": os.getloadavg(), "steps": args.steps}
+    out = {"machine": machine(), "steps": args.steps, "smoke": args.smoke}
+    batch = 8 if args.smoke else 32
     with tempfile.TemporaryDirectory() as tmp:
         if args.shards:
             shards = D.probe_shards(args.shards)
         else:
-            shards = D.probe_shards(write_random_priors(Path(tmp) / "p", "maps", counts=(256, 16, 16), size=112,
+            counts = (16, 4, 4) if args.smoke else (256, 16, 16)
+            shards = D.probe_shards(write_random_priors(Path(tmp) / "p", "maps", counts=counts, size=112,
                                                         samples_per_shard=64))
         out["cpu_preset_shards"] = str(args.shards or "random maps shards, 112 px")
-        bench_cpu_preset(shards, args.steps, args.workers, out)
-    if not args.skip_large:
-        bench_large(args.steps, out)
-    out["load_average_end"] = os.getloadavg()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
-    print(f"wrote {RESULTS}")
+        bench_cpu_preset(shards, batch, args.steps, args.compile, out)
+    if args.skip_large:
+        out["large_skipped"] = "--skip-large"
+    else:
+        bench_large(args.batch_large, args.steps, out, smoke=args.smoke)
+    print(f"wrote {write_result(args.out, out)}")
     return 0
 
 

@@ -115,6 +115,15 @@ def plan_splits(rows: Iterable[Mapping[str, Any]], samples_per_shard: int,
 
 def _jsonable(x: Any) -> Any:
     # numpy scalars/arrays and pandas NA leak out of parquet rows; normalise for hashing/JSON.
+    # Exact builtin types first, leaf floats inline: every sample's metadata passes through here,
+    # and the ABC checks below (isinstance(x, Mapping)) cost more than the rest of the walk.
+    t = type(x)
+    if t is list or t is tuple:
+        return [v if type(v) is float and v == v else _jsonable(v) for v in x]
+    if t is dict:
+        return {str(k): (v if type(v) is float and v == v else _jsonable(v)) for k, v in x.items()}
+    if t is float:
+        return None if x != x else x
     if x is None or isinstance(x, (str, bool, int)):
         return x
     if isinstance(x, float):

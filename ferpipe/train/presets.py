@@ -110,7 +110,7 @@ register_preset("orsanet-large", TrainConfig(
     model="orsanet", model_kwargs={"variant": "large"}, model_kwargs_from_data=_ORSANET_FROM_DATA,
     img_size=224, loss="orsanet", optimizer="sam-adam", lr=4e-5, weight_decay=0.0, sam_rho=0.05,
     scheduler="exponential", gamma=0.98, epochs=400, batch_size=20, eval_batch_size=50,
-    sampler="rebalance", flip_p=0.5, erase_p=0.5, erase_priors="clean", seed=123,
+    sampler="rebalance", flip_p=0.5, erase_p=0.5, erase_priors="clean", seed=123, channels_last=True,
 ))
 
 # The architecture's shape at CPU scale: 112 input, nearest-halved to 56 for a 3-stage IR trunk
@@ -128,14 +128,14 @@ register_preset("orsanet-cpu", TrainConfig(
     model_kwargs_from_data=_ORSANET_FROM_DATA,
     img_size=112, loss="orsanet", optimizer="adamw", lr=1e-3, weight_decay=0.05,
     scheduler="cosine", warmup_epochs=1, epochs=16, batch_size=32, eval_batch_size=128,
-    sampler="rebalance", flip_p=0.5, erase_p=0.5, erase_priors="clean", seed=123,
+    sampler="rebalance", flip_p=0.5, erase_p=0.5, erase_priors="clean", seed=123, channels_last=True,
 ))
 
 
 _OVERRIDABLE = ("epochs", "lr", "batch_size", "eval_batch_size", "optimizer", "weight_decay", "momentum",
                 "sam_rho", "scheduler", "gamma", "warmup_epochs", "loss", "sampler", "flip_p", "erase_p",
-                "erase_priors", "priors", "max_steps_per_epoch")
-_RUN_FIELDS = ("seed", "shuffle_buffer", "amp", "channels_last", "compile")
+                "erase_priors", "priors", "max_steps_per_epoch", "channels_last")
+_RUN_FIELDS = ("seed", "shuffle_buffer", "amp", "compile")
 
 
 def preset_name(params) -> str:
