@@ -2,12 +2,14 @@
 
 :func:`write_random_priors`: tiny learnable random shards (features / maps / none) in the
 priors-stage format; the class is visible in the image colour and in the priors, so a few
-steps must lower the loss.
+steps must lower the loss. :func:`priors_from_synthetic_archive`: ``maps`` shards of real rendered
+faces aligned on their ground truth (the loader's decode tests read them).
 """
 
 from __future__ import annotations
 
 import io
+import json
 from functools import partial
 from pathlib import Path
 from typing import Sequence
@@ -83,3 +85,50 @@ def write_random_priors(root: str | Path, kind: str = "features", counts: Sequen
             out[split].append(s)
     _write_splits(root, out, samples_per_shard)
     return root
+
+
+def priors_from_synthetic_archive(archive: str | Path, groundtruth: str | Path, out_root: str | Path,
+                                  size: int = 112, val_fraction: float = 0.1, seed: int = 0,
+                                  samples_per_shard: int = 256, jpeg_quality: int = 95) -> Path:
+    """``maps`` shards (train/val/test) of the synthetic RAF-DB-layout archive, GT-aligned."""
+    import zipfile
+
+    from ferpipe.align.warp import estimate_similarity, template, transform_points, warp
+    from ferpipe.sources.synthetic.archive import IMAGE_DIR, load_ground_truth
+
+    gt = load_ground_truth(groundtruth)
+    names = sorted(gt)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7A1]))
+    train = [n for n in names if gt[n].split == "train"]
+    val: set[str] = set()
+    for c in range(1, 8):  # stratified val carve-out, as the download stage does
+        members = [n for n in train if gt[n].label == c]
+        k = int(round(len(members) * val_fraction))
+        val.update(rng.choice(members, size=k, replace=False).tolist())
+    dst = template(size)
+    out: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
+    with zipfile.ZipFile(archive) as zf:
+        for n in names:
+            g = gt[n]
+            split = "test" if g.split == "test" else ("val" if n in val else "train")
+            rgb = np.asarray(Image.open(io.BytesIO(zf.read(IMAGE_DIR + n))).convert("RGB"))
+            m = estimate_similarity(g.points5, dst)
+            face = warp(rgb, m, size)
+            import cv2
+
+            parsing = cv2.warpAffine(g.parsing, m, (size, size), flags=cv2.INTER_NEAREST,
+                                     borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            pts = transform_points(g.points68, m).astype(np.float32)
+            label = int(g.label) - 1  # RAF-DB 1..7 -> canonical 0..6
+            meta = {"label_space": BASIC7.name, "source": n,  # the name, as the align stage writes it
+                    "priors": {"kind": "maps", "backend": "groundtruth", "input_size": size,
+                               "resize": "none", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
+            out[split].append({
+                "__key__": n[:-4], "jpg": _jpg(face, jpeg_quality), "cls": label, "json": meta,
+                "landmarks.npy": _npy(np.stack([pts, flip_landmarks(pts, size)])),
+                "parsing.png": _png(parsing), "parsing_flip.png": _png(flip_parsing(parsing)),
+            })
+    _write_splits(Path(out_root), out, samples_per_shard)
+    (Path(out_root) / "SOURCE.json").write_text(json.dumps(
+        {"archive": str(archive), "groundtruth": str(groundtruth), "size": size, "seed": seed}, sort_keys=True))
+    return Path(out_root)
