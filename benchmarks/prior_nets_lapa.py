@@ -50,7 +50,7 @@ def main() -> None:
     if args.smoke:
         args.threads, args.epochs, n_speed = 1, 1, 32
     torch.set_num_threads(args.threads)
-    info = machine()
+    host = machine()
     from ferpipe.sources.synthetic import load_ground_truth, render_archive
     from tests._lapa_tree import write_lapa_tree
 
@@ -79,7 +79,7 @@ def main() -> None:
     m = rep.metrics
     doc = {
         "command": "python benchmarks/prior_nets_lapa.py " + " ".join(sys.argv[1:]),
-        "machine": info, "threads": args.threads, "smoke": args.smoke, "speed_images": n_speed,
+        "machine": host, "threads": args.threads, "smoke": args.smoke, "speed_images": n_speed,
         "plumbing_run": {"tree": "tests/_lapa_tree.py (8 real faces, approximate MTCNN-derived labels)",
                          "n_train": rep.n_train, "n_test": rep.n_test, "epochs": args.epochs,
                          "seconds": round(plumbing_s, 1), "seconds_per_epoch": round(
