@@ -3,7 +3,7 @@ Render the synthetic RAF-DB layout (it ships ground-truth boxes and 5 points), a
 ``use_dataset_box`` off and on, compare the chosen rule and the 5-point error.
 
     python benchmarks/align_dataset_box.py [--n-per-class 12] [--difficulty default|hard]
-        [--out benchmarks/results/align_dataset_box_<difficulty>.json]
+        [--out benchmarks/results/align_dataset_box_<difficulty>.json] [--smoke]
 
 The error is the per-image mean distance between the aligned points (in source pixels) and the
 ground truth, over the ground-truth inter-ocular distance. Seconds are wall time of one align
@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
+import sys
 import tempfile
 import time
 import zipfile
@@ -23,18 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-def _cpu() -> dict:
-    info = {"machine": platform.machine(), "loadavg": os.getloadavg()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        info["model"] = next(ln.split(":", 1)[1].strip() for ln in text.splitlines()
-                             if ln.startswith("model name"))
-        flags = next(ln for ln in text.splitlines() if ln.startswith("flags")).split()
-        info["isa"] = [f for f in ("sse4_2", "avx2", "fma", "avx512f") if f in flags]
-    except (OSError, StopIteration):
-        pass
-    return info
+from _machine import machine, write_result  # noqa: E402
 
 
 def main() -> None:
@@ -42,7 +34,10 @@ def main() -> None:
     ap.add_argument("--n-per-class", type=int, default=12)
     ap.add_argument("--difficulty", default="default", choices=("default", "hard"))
     ap.add_argument("--out", default=None)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the benchmark runs")
     a = ap.parse_args()
+    if a.smoke:
+        a.n_per_class = 2  # the synthetic source's minimum
 
     import torch
 
@@ -53,7 +48,7 @@ def main() -> None:
     from ferpipe.sources.download import download_stage
 
     torch.set_num_threads(1)
-    out: dict = {"cpu": _cpu(), "n_per_class": a.n_per_class, "difficulty": a.difficulty}
+    out: dict = {"machine": machine(), "smoke": a.smoke, "n_per_class": a.n_per_class, "difficulty": a.difficulty}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         p = params_from_dict({"download": {"dataset": "syn", "source": "synthetic", "workers": 1,
@@ -83,11 +78,8 @@ def main() -> None:
                          "nme_mean": round(float(np.mean(errs)), 4),
                          "nme_p95": round(float(np.percentile(errs, 95)), 4),
                          "skipped": r.skipped_by_reason, "noted": r.noted_by_reason}
-    text = json.dumps(out, indent=1)
-    print(text)
-    dest = Path(a.out or f"benchmarks/results/align_dataset_box_{a.difficulty}.json")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(text + "\n")
+    dest = write_result(a.out or ROOT / "benchmarks" / "results" / f"align_dataset_box_{a.difficulty}.json", out)
+    print(dest.read_text(), end="")
 
 
 if __name__ == "__main__":

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import sys
 import tempfile
@@ -36,25 +34,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import machine, write_result  # noqa: E402
 
 PYFEAT_MS_PER_FRAME = 314.0  # py-feat's published CPU figure at batch 1, as quoted in issue 17
-
-
-def machine_info() -> dict:
-    import onnxruntime
-    import torch
-
-    info = {"python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "loadavg": list(os.getloadavg())}
-    try:
-        cpu = Path("/proc/cpuinfo").read_text()
-        info["cpu_model"] = next((ln.split(":", 1)[1].strip() for ln in cpu.splitlines()
-                                  if ln.startswith("model name")), platform.processor())
-        flags = next((ln.split(":", 1)[1].split() for ln in cpu.splitlines() if ln.startswith("flags")), [])
-        info["isa"] = sorted(f for f in flags if f.startswith(("avx", "sse4", "fma", "amx", "vnni")) or f == "f16c")
-    except OSError:
-        info["cpu_model"] = platform.processor()
-    return info
 
 
 def make_project(root: Path, smoke: bool, model: bool = True) -> Path:
@@ -158,16 +142,19 @@ def main(argv=None) -> int:
     ap.add_argument("--mem-frames", type=int, default=48, help="memory video length (x1; then x10), 320x180")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.photos, args.frames, args.repeats, args.mem_frames = (min(args.photos, 16), min(args.frames, 20), 1,
-                                                                   min(args.mem_frames, 32))
+        # every path runs, on a handful of inputs: the CI cost is setup plus ~60 frames in all
+        args.photos, args.frames, args.repeats, args.mem_frames = (min(args.photos, 4), min(args.frames, 4), 1,
+                                                                   min(args.mem_frames, 1))
     import cv2
     import torch
 
     import ferpipe
     from ferpipe.predict.export import export_model
 
+    import onnxruntime
+
     torch.set_num_threads(args.threads)
-    machine = machine_info()
+    info = machine()
     tmp = Path(tempfile.mkdtemp(prefix="ferpipe-bench-predict-"))
     t0 = time.perf_counter()
     made = make_project(tmp / "proj", args.smoke, model=not args.checkpoint)
@@ -229,7 +216,7 @@ def main(argv=None) -> int:
     doc = {
         "command": "python benchmarks/predict.py" + (" --smoke" if args.smoke else "")
                    + f" --threads {args.threads} --photos {args.photos} --frames {args.frames} --mem-frames {args.mem_frames}",
-        "machine": machine,
+        "machine": info, "onnxruntime": onnxruntime.__version__,
         "model": {"name": card["model_name"], "model_kwargs": card["model_kwargs"], "img_size": card["params"]["img_size"],
                   "prior_kind": card["recipe"]["data_prior_kind"], "weights": "trained 1 step (speed only)"
                   if not args.checkpoint else str(ckpt)},
@@ -242,11 +229,9 @@ def main(argv=None) -> int:
                    "ours_ms_per_frame_batch1": results["video"]["pytorch_batch1"]["ms_per_frame"],
                    "note": "py-feat's figure is from its own docs on other hardware and a different model "
                            "stack (detector + AU + emotion); a like-for-like ratio needs both on one machine"},
-        "loadavg_end": list(os.getloadavg()),
     }
-    out = Path(args.out or ROOT / "benchmarks" / "results" / ("predict_smoke.json" if args.smoke else "predict.json"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1))
+    out = write_result(args.out or ROOT / "benchmarks" / "results" / ("predict_smoke.json" if args.smoke else "predict.json"),
+                       doc)
     print(json.dumps({k: doc[k] for k in ("photos", "video", "memory_peak_rss", "onnx_vs_pytorch_video")}, indent=1))
     print(f"-> {out}")
     import shutil

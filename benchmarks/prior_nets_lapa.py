@@ -2,6 +2,7 @@
 that sets how long a real LaPa epoch takes here.
 
     python benchmarks/prior_nets_lapa.py [--threads 2] [--epochs 8]
+        [--out benchmarks/results/prior_nets_lapa.json] [--smoke]
 
 1. Builds tests/_lapa_tree.py's tree (8 real faces from packaged photos, approximate ground
    truth from MTCNN points: 5 train / 1 val / 2 test) and runs ``prior_nets_stage`` with
@@ -11,14 +12,12 @@ that sets how long a real LaPa epoch takes here.
    (both nets; data loading not included).
 
 Writes benchmarks/results/prior_nets_lapa.json (machine, load average, CPU flags included).
+``--smoke``: one thread, one epoch and 32 jittered copies, to check the benchmark runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,6 +28,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import machine, write_result  # noqa: E402
 
 from ferpipe.priors import PriorNetsParams  # noqa: E402
 from ferpipe.priors.data import FaceSet, lapa_faces  # noqa: E402
@@ -37,27 +39,18 @@ from ferpipe.priors.training import prior_nets_stage, train_net  # noqa: E402
 LAPA_TRAIN = 18_176
 
 
-def _cpu() -> dict:
-    info = {"model": platform.processor()}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["model"] = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
-                info["isa"] = sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "sse4")))
-                break
-    except OSError:
-        pass
-    return info
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "prior_nets_lapa.json"))
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the benchmark runs")
     args = ap.parse_args()
+    n_speed = 256
+    if args.smoke:
+        args.threads, args.epochs, n_speed = 1, 1, 32
     torch.set_num_threads(args.threads)
+    host = machine()
     from ferpipe.sources.synthetic import load_ground_truth, render_archive
     from tests._lapa_tree import write_lapa_tree
 
@@ -72,9 +65,11 @@ def main() -> None:
         plumbing_s = time.perf_counter() - t0
         # speed at the default batch: 256 jittered copies of the 5 train faces
         reps = [lapa_faces(lapa, "train", p.aligned_size, p.margin, p.input_size, seed, (0.05, 6.0, 0.04))
-                for seed in range(52)]
-        big = FaceSet(np.concatenate([r.images for r in reps])[:256], np.concatenate([r.parsing for r in reps])[:256],
-                      np.concatenate([r.points for r in reps])[:256], [n for r in reps for n in r.names][:256])
+                for seed in range(-(-n_speed // 5))]
+        big = FaceSet(np.concatenate([r.images for r in reps])[:n_speed],
+                      np.concatenate([r.parsing for r in reps])[:n_speed],
+                      np.concatenate([r.points for r in reps])[:n_speed],
+                      [n for r in reps for n in r.names][:n_speed])
         q = PriorNetsParams(epochs=1, batch_size=32, threads=args.threads)
         ips = {}
         for task in ("parser", "landmarks"):
@@ -84,8 +79,7 @@ def main() -> None:
     m = rep.metrics
     doc = {
         "command": "python benchmarks/prior_nets_lapa.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpu": _cpu(), "threads": args.threads, "torch": torch.__version__,
-                    "platform": platform.platform(), "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+        "machine": host, "threads": args.threads, "smoke": args.smoke, "speed_images": n_speed,
         "plumbing_run": {"tree": "tests/_lapa_tree.py (8 real faces, approximate MTCNN-derived labels)",
                          "n_train": rep.n_train, "n_test": rep.n_test, "epochs": args.epochs,
                          "seconds": round(plumbing_s, 1), "seconds_per_epoch": round(
@@ -96,9 +90,7 @@ def main() -> None:
                           "lapa_epoch_seconds_both_nets": round(epoch_s, 0),
                           "lapa_default_run_hours": round(epoch_s * PriorNetsParams().epochs / 3600, 2)},
     }
-    out = ROOT / "benchmarks" / "results" / "prior_nets_lapa.json"
-    out.write_text(json.dumps(doc, indent=1) + "\n")
-    print(json.dumps(doc, indent=1))
+    print(write_result(args.out, doc).read_text(), end="")
 
 
 if __name__ == "__main__":
