@@ -84,6 +84,10 @@ def _describe(info: dict[str, Any] | None) -> str:
 def project_lock(root: str | os.PathLike, stage: str, wait_s: float = 0.0) -> Iterator[dict[str, Any]]:
     """Hold the project lock of ``root`` for ``stage``; wait at most ``wait_s`` seconds for it."""
     root = Path(root)
+    if os.environ.get("TORCHELASTIC_RUN_ID") and os.environ.get("RANK", "0") != "0":
+        # torchrun's ranks are one run: rank 0 holds the lock for all of them.
+        yield {"pid": os.getpid(), "stage": stage, "rank": os.environ["RANK"], "held_by": "rank 0"}
+        return
     lock_path, holder_path = _paths(root)
     try:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
