@@ -724,7 +724,9 @@ class EpochLoader:
 
     def close(self) -> None:
         """Stop the workers now (they also stop when the loader is garbage-collected)."""
-        self._loader._iterator = None  # the iterator's finaliser shuts the workers down
+        it, self._loader._iterator = self._loader._iterator, None
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()  # now, not whenever the last reference goes
 
 
 def eval_workers(urls: Sequence[str], num_workers: int) -> int:

@@ -297,96 +297,101 @@ def fit(cfg: TrainConfig, shards: D.ShardSet, model_dir: str | Path, opts: RunOp
         label_weights=label_w, rank=rank, world=world, resampled=resampled, shuffle_buffer=cfg.shuffle_buffer,
         drop_last=cfg.drop_last), opts.num_workers, nbatches=nbatches, pin_memory=device.type == "cuda",
         generator=generator)
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        criterion.set_epoch(epoch)
-        aug = D.Augment(**{**base_aug.__dict__, "epoch": epoch})
-        net.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        n_seen = 0
-        # Rebalancing draws len(index) samples per epoch too, so this is each rank's share either way.
-        samples = len(index) // world
-        progress = _epoch_progress(opts, rank, epoch, cfg.epochs,
-                                   nbatches or steps_per_epoch(samples, cfg.batch_size, cfg.drop_last,
-                                                               cfg.max_steps_per_epoch))
-        for step, batch in enumerate(loader.epoch(epoch), start=1):
-            if cfg.max_steps_per_epoch and step > cfg.max_steps_per_epoch:
-                break
-            img, priors, y = _to_device(batch, device, cfg.channels_last, device.type == "cuda")
-            img, y = _flatten_crops(img, y)
-            loss = _train_step(net, optimizer, scaler, criterion, img, priors, y, device, amp_dtype,
-                               epoch, step, batch["key"])
-            loss_sum += loss.detach().double() * len(y)
-            n_seen += len(y)
+    # The persistent workers stop here whatever happens (an early stop, a NaN loss), not when
+    # the loader is garbage-collected: a long process (a test session) would pile them up.
+    try:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            criterion.set_epoch(epoch)
+            aug = D.Augment(**{**base_aug.__dict__, "epoch": epoch})
+            net.train()
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            n_seen = 0
+            # Rebalancing draws len(index) samples per epoch too, so this is each rank's share either way.
+            samples = len(index) // world
+            progress = _epoch_progress(opts, rank, epoch, cfg.epochs,
+                                       nbatches or steps_per_epoch(samples, cfg.batch_size, cfg.drop_last,
+                                                                   cfg.max_steps_per_epoch))
+            for step, batch in enumerate(loader.epoch(epoch), start=1):
+                if cfg.max_steps_per_epoch and step > cfg.max_steps_per_epoch:
+                    break
+                img, priors, y = _to_device(batch, device, cfg.channels_last, device.type == "cuda")
+                img, y = _flatten_crops(img, y)
+                loss = _train_step(net, optimizer, scaler, criterion, img, priors, y, device, amp_dtype,
+                                   epoch, step, batch["key"])
+                loss_sum += loss.detach().double() * len(y)
+                n_seen += len(y)
+                if progress is not None:
+                    progress.update(len(y), loss_sum)
+                if opts.record_keys:
+                    seen.extend(batch["key"])
             if progress is not None:
-                progress.update(len(y), loss_sum)
-            if opts.record_keys:
-                seen.extend(batch["key"])
-        if progress is not None:
-            progress.close()
-        # The training steps alone (loader waits included, validation not): what the loader
-        # benchmark's step figure is compared with.
-        train_images_per_s = n_seen / max(time.perf_counter() - t0, 1e-9)
-        scheduler.step()
-        criterion.end_epoch(EpochContext(
-            epoch=epoch, model=model, device=device, num_classes=num_classes,
-            train_batches=functools.partial(_plain_train_batches, train_urls, aug, cfg, opts.num_workers, device,
-                                            rank, world)))
-        if world > 1:
-            # DDP broadcasts buffers at the start of each forward, so after the last step every
-            # rank holds BN running statistics of its own last batch: take rank 0's, as the
-            # next forward would, so evaluation and checkpoints agree on every rank.
-            with torch.no_grad():
-                for b in model.buffers():
-                    dist.broadcast(b, 0)
-        images += n_seen
-        train_loss = float(loss_sum.item() / max(n_seen, 1))
-        val = evaluate(model, val_urls, aug, num_classes, cfg.eval_batch_size, opts.num_workers, device,
-                       amp_dtype, cfg.channels_last)
-        reads.append((epoch, "val"))
-        improved = val["acc"] > best["value"]
-        if improved:
-            best = {"metric": SELECT_METRIC, "value": val["acc"], "epoch": epoch}
-        info = {"epoch": epoch, "epochs": cfg.epochs, "train_loss": train_loss, "val_acc": val["acc"],
-                "val_macro_f1": val["macro_f1"], "val_loss": val["loss"],
-                "lr": float(scheduler.get_last_lr()[0]), "seconds": time.perf_counter() - t0,
-                "images_per_s": n_seen / max(time.perf_counter() - t0, 1e-9),
-                "train_images_per_s": train_images_per_s, "best_epoch": best["epoch"],
-                "best_val_acc": best["value"], "improved": improved}
-        history.append({k: v for k, v in info.items() if k != "epochs"})
-        if rank == 0:
-            state = {
-                "format": ckpt_io.FORMAT, "epoch": epoch, "model": ckpt_io.unwrap(model).state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "criterion": criterion.state_dict(),
-                "sampler": {"kind": cfg.sampler, "seed": cfg.seed, "epoch": epoch,
-                            "mode": "resampled" if resampled else "exact",
-                            "class_counts": class_counts.tolist()},
-                "rng": ckpt_io.rng_state(generator), "label_space": shards.label_space, "config": config,
-                "params": params or {}, "model_name": cfg.model, "model_kwargs": kwargs,
-                "data": {"root": str(shards.root), "prior_kind": shards.prior_kind,
-                         "index_sha256": shards.index_sha256, "counts": shards.counts},
-                "best": best, "history": history, "val": val,
-            }
-            if preprocess is not None:
-                state["preprocess"] = preprocess
+                progress.close()
+            # The training steps alone (loader waits included, validation not): what the loader
+            # benchmark's step figure is compared with.
+            train_images_per_s = n_seen / max(time.perf_counter() - t0, 1e-9)
+            scheduler.step()
+            criterion.end_epoch(EpochContext(
+                epoch=epoch, model=model, device=device, num_classes=num_classes,
+                train_batches=functools.partial(_plain_train_batches, train_urls, aug, cfg, opts.num_workers, device,
+                                                rank, world)))
+            if world > 1:
+                # DDP broadcasts buffers at the start of each forward, so after the last step every
+                # rank holds BN running statistics of its own last batch: take rank 0's, as the
+                # next forward would, so evaluation and checkpoints agree on every rank.
+                with torch.no_grad():
+                    for b in model.buffers():
+                        dist.broadcast(b, 0)
+            images += n_seen
+            train_loss = float(loss_sum.item() / max(n_seen, 1))
+            val = evaluate(model, val_urls, aug, num_classes, cfg.eval_batch_size, opts.num_workers, device,
+                           amp_dtype, cfg.channels_last)
+            reads.append((epoch, "val"))
+            improved = val["acc"] > best["value"]
             if improved:
-                ckpt_io.save_atomic(state, model_dir / ckpt_io.BEST)
-            ckpt_io.save_atomic(state, last_path)  # last: a crash mid-write never loses best
-        if world > 1:
-            dist.barrier()
-        for cb in opts.callbacks:
-            cb(info)
-        if opts.progress and rank == 0:
-            log.info("epoch %d/%d loss %.4f val acc %.4f (best %.4f @%d) %.1fs", epoch, cfg.epochs, train_loss,
-                     val["acc"], best["value"], best["epoch"], info["seconds"])
-        if opts.stop_after_epoch is not None and epoch >= opts.stop_after_epoch and epoch < cfg.epochs:
-            return TrainResult(model_dir=model_dir, epochs=cfg.epochs, best=best, history=history, test={},
-                               val_at_best={}, resumed_from=resumed_from,
-                               seconds=time.perf_counter() - t_start, images=images,
-                               label_space=shards.label_space, model_kwargs=kwargs, reads=reads, seen_keys=seen,
-                               weights_sha256=state_digest(model), completed=False, rank=rank, world=world)
+                best = {"metric": SELECT_METRIC, "value": val["acc"], "epoch": epoch}
+            info = {"epoch": epoch, "epochs": cfg.epochs, "train_loss": train_loss, "val_acc": val["acc"],
+                    "val_macro_f1": val["macro_f1"], "val_loss": val["loss"],
+                    "lr": float(scheduler.get_last_lr()[0]), "seconds": time.perf_counter() - t0,
+                    "images_per_s": n_seen / max(time.perf_counter() - t0, 1e-9),
+                    "train_images_per_s": train_images_per_s, "best_epoch": best["epoch"],
+                    "best_val_acc": best["value"], "improved": improved}
+            history.append({k: v for k, v in info.items() if k != "epochs"})
+            if rank == 0:
+                state = {
+                    "format": ckpt_io.FORMAT, "epoch": epoch, "model": ckpt_io.unwrap(model).state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "criterion": criterion.state_dict(),
+                    "sampler": {"kind": cfg.sampler, "seed": cfg.seed, "epoch": epoch,
+                                "mode": "resampled" if resampled else "exact",
+                                "class_counts": class_counts.tolist()},
+                    "rng": ckpt_io.rng_state(generator), "label_space": shards.label_space, "config": config,
+                    "params": params or {}, "model_name": cfg.model, "model_kwargs": kwargs,
+                    "data": {"root": str(shards.root), "prior_kind": shards.prior_kind,
+                             "index_sha256": shards.index_sha256, "counts": shards.counts},
+                    "best": best, "history": history, "val": val,
+                }
+                if preprocess is not None:
+                    state["preprocess"] = preprocess
+                if improved:
+                    ckpt_io.save_atomic(state, model_dir / ckpt_io.BEST)
+                ckpt_io.save_atomic(state, last_path)  # last: a crash mid-write never loses best
+            if world > 1:
+                dist.barrier()
+            for cb in opts.callbacks:
+                cb(info)
+            if opts.progress and rank == 0:
+                log.info("epoch %d/%d loss %.4f val acc %.4f (best %.4f @%d) %.1fs", epoch, cfg.epochs, train_loss,
+                         val["acc"], best["value"], best["epoch"], info["seconds"])
+            if opts.stop_after_epoch is not None and epoch >= opts.stop_after_epoch and epoch < cfg.epochs:
+                return TrainResult(model_dir=model_dir, epochs=cfg.epochs, best=best, history=history, test={},
+                                   val_at_best={}, resumed_from=resumed_from,
+                                   seconds=time.perf_counter() - t_start, images=images,
+                                   label_space=shards.label_space, model_kwargs=kwargs, reads=reads, seen_keys=seen,
+                                   weights_sha256=state_digest(model), completed=False, rank=rank, world=world)
+    finally:
+        loader.close()
     digest = state_digest(model)
     if world > 1:
         # Every rank must end with the same weights (DDP all-reduces gradients; BN buffers are
