@@ -89,10 +89,13 @@ def run_experiment(root: str | Path, overrides: Sequence[str], name: str, *, tem
     return cmd
 
 
-def show_experiments(root: str | Path, env: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
-    """The experiments ``dvc exp show`` lists (of the current commit), by name:
+def show_experiments(root: str | Path, env: Mapping[str, str] | None = None,
+                     all_commits: bool = False) -> dict[str, dict[str, Any]]:
+    """The experiments ``dvc exp show`` lists (of the current commit; ``all_commits``: of every
+    commit, so that one whose baseline is no longer HEAD is found), by name:
     ``{"rev", "params": {file: data}, "metrics": {file: data}, "error"}``."""
-    proc = subprocess.run([dvc_executable(), "exp", "show", "--json"], cwd=str(root),
+    cmd = [dvc_executable(), "exp", "show", "--json", *(["--all-commits"] if all_commits else [])]
+    proc = subprocess.run(cmd, cwd=str(root),
                           env=dict(env) if env is not None else dvc_env(), capture_output=True, text=True)
     if proc.returncode != 0:
         raise FerpipeError(f"`dvc exp show --json` failed in {root}:\n{proc.stderr[-2000:]}")

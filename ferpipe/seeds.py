@@ -136,6 +136,9 @@ def run_seeds(root: str | Path, configs: Sequence[Config], seeds: Sequence[int],
             overrides = [*cfg.overrides, f"{seed_key}={seed}"]
             run_experiment(root, overrides, name, on_line=on_line, force=rerun or name in existing)
     shown = show_experiments(root)
+    ran = {name for cfg in configs for name in cfg.experiments.values()}
+    if ran - set(shown):  # a commit made while they ran moved HEAD off their baseline
+        shown = {**show_experiments(root, all_commits=True), **shown}
     for cfg in configs:
         for seed, name in cfg.experiments.items():
             exp = shown.get(name)
