@@ -17,9 +17,10 @@ and the tar's sha256 matches the one recorded. Anything else is redone from scra
 Stages supply a pure per-shard function ``fn(spec, sink) -> dict | None``: it reads the items
 of ``spec``, calls ``sink.add(sample)`` for each sample (in key order) and ``sink.skip(...)``
 for each item it could not use. :func:`process_shard` wraps it with the temp-file/rename,
-the stats and the resume check; :func:`run_sharded_stage` is the local loop over a plan. A
-flow can instead map :func:`process_shard` over the plan itself and call
-:func:`finalize_split` at the end.
+the stats and the resume check; :func:`process_plans` is the local loop over a plan and
+:func:`finalize_stage` writes the indexes after it. The stages build on these through
+:mod:`ferpipe.sharded` (one fingerprint, one stats aggregation, one runner; a flow maps
+``run_shard`` instead of the local loop).
 """
 
 from __future__ import annotations

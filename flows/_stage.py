@@ -74,7 +74,7 @@ def sharded_stage_flow(name: str, task_runner: TaskRunner | None = None) -> tupl
         return _common.run_shard(stage.run_shard, spec, job)
 
     @flow(**_flow_options(name, task_runner))
-    def stage_flow(params_path: str = "params.yaml", overrides: list[str] | None = None, root: str = "."):
+    def the_flow(params_path: str = "params.yaml", overrides: list[str] | None = None, root: str = "."):
         started = time.perf_counter()
         params = _common.params_for(params_path, overrides)
         layout = Layout(Path(root))
@@ -82,7 +82,7 @@ def sharded_stage_flow(name: str, task_runner: TaskRunner | None = None) -> tupl
         results = shard_task.map(job.specs, unmapped(job)).result()
         return publish(stage.finish(params, layout, job, job.by_split(results), started))
 
-    return stage_flow, shard_task
+    return the_flow, shard_task
 
 
 def stage_flow(name: str, retries: int = 0) -> tuple[Flow, Any]:

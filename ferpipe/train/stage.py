@@ -311,7 +311,7 @@ def check_pipeline_replacement(params, declared, root: str | Path = ".") -> None
 
 
 def epoch_line(info: dict[str, Any]) -> str:
-    """One line per finished epoch (logs, progress messages, the flow's progress artifact)."""
+    """One line per finished epoch (the flow's progress artifact)."""
     return (f"epoch {info['epoch']}/{info['epochs']}, train loss {info['train_loss']:.4f}, val acc "
             f"{info['val_acc']:.4f} (best {info['best_val_acc']:.4f} @ {info['best_epoch']})")
 
@@ -324,14 +324,13 @@ class TrainStage:
     def run(self, params, layout: Layout, progress: Progress | None = None, declared=None, overwrite: bool = False,
             step_callbacks: Sequence[StepCallback] = ()) -> TrainReport:
         """``declared``: params.yaml's whole :class:`Params`, without the run's overrides (see
-        :func:`check_replacement`); ``progress`` hears of every epoch."""
+        :func:`check_replacement`); ``progress`` advances by epoch (``step_callbacks``: within one)."""
         progress = progress or NullProgress()
         train = train_params_for(params)
         progress.start(resolve(train).epochs, f"train {train.dataset}")
 
-        def on_epoch(info: dict[str, Any]) -> None:
-            progress.advance(1)
-            progress.message(epoch_line(info))
+        def on_epoch(info: dict[str, Any]) -> None:  # (fit logs the epoch's line itself)
+            progress.advance(1, val_acc=round(info["val_acc"], 4), best=round(info["best_val_acc"], 4))
 
         try:
             return train_stage(train, layout, callbacks=[on_epoch], step_callbacks=step_callbacks,
