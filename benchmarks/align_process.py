@@ -131,8 +131,9 @@ def main(argv=None) -> int:
                                           str(p.align.output_size), str(p.align.min_score)], proj))
         ours = _ferpipe_found(proj / "data/aligned/synthetic")
         plain = json.loads((plain_out / "found.json").read_text())
-        images = json.loads((proj / "reports/align/synthetic.json").read_text())["images_processed"] \
-            if (proj / "reports/align/synthetic.json").is_file() else None
+        # a run fact: in reports/timings/, not the DVC-tracked report (ferpipe.timings)
+        timings = proj / "reports/timings/align/synthetic.json"
+        images = json.loads(timings.read_text())["images_processed"] if timings.is_file() else None
     med = {k: {"wall_s": statistics.median(t[0] for t in v), "cpu_s": statistics.median(t[1] for t in v),
                "runs": [[round(a, 2), round(b, 2)] for a, b in v]} for k, v in times.items()}
     keys = sorted(set(ours) | set(plain))
