@@ -201,14 +201,17 @@ def _run_stage(args: argparse.Namespace) -> int:
     from ferpipe.lock import project_lock
 
     params = load_params(args.params, args.overrides)  # validate before anything starts
-    flow_module, flow_name, runner = _STAGES[args.command]
+    flow_module, flow_name, entry = _STAGES[args.command]
     with project_lock(Path(args.root), args.command, wait_s=args.wait):  # one run per project at a time
         guard = {"overwrite": args.overwrite} if hasattr(args, "overwrite") else {}
         if args.no_flow:
+            from ferpipe.layout import Layout
+            from ferpipe.progress import TqdmProgress
+
             if guard:
                 guard["declared"] = load_params(args.params)  # params.yaml without -S: the workspace's run
             _log_to_stderr()
-            result = _resolve(runner)(params, root=Path(args.root), **guard)
+            result = _resolve(entry).run(params, Layout(Path(args.root)), TqdmProgress(), **guard)
         else:
             flow = getattr(importlib.import_module(flow_module), flow_name)
             # flows.task_runner, the run's tags (stage, dataset, experiment)

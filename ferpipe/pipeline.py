@@ -38,16 +38,32 @@ class PipelineReport:
         return "\n".join(lines)
 
 
+class PipelineStage:
+    """``ferpipe pipeline --no-flow``: every stage's entry, in order, with the same progress."""
+
+    name = "pipeline"
+
+    def run(self, params: Params, layout, progress=None, stages: Sequence[str] | None = None,
+            declared: Params | None = None, overwrite: bool = False) -> PipelineReport:
+        """``declared``/``overwrite``: passed to the train stage (see ferpipe.train.stage.check_replacement)."""
+        report = PipelineReport()
+        selected = select_stages(stages)
+        if "train" in selected and declared is not None and not overwrite:
+            from ferpipe.train.stage import check_pipeline_replacement  # noqa: PLC0415
+
+            check_pipeline_replacement(params, declared, layout.root)
+        for stage in selected:
+            extra = {"declared": declared, "overwrite": overwrite} if stage == "train" else {}
+            report.reports[stage] = get_stage(stage).load().run(params, layout, progress, **extra)
+        return report
+
+
+PIPELINE = PipelineStage()
+
+
 def run_pipeline(params: Params, root: str | Path = ".", stages: Sequence[str] | None = None,
                  declared: Params | None = None, overwrite: bool = False) -> PipelineReport:
-    """``declared``/``overwrite``: passed to the train stage (see ferpipe.train.stage.check_replacement)."""
-    report = PipelineReport()
-    selected = select_stages(stages)
-    if "train" in selected and declared is not None and not overwrite:
-        from ferpipe.train.stage import check_pipeline_replacement  # noqa: PLC0415
+    """:data:`PIPELINE` from a project root (for scripts and tests)."""
+    from ferpipe.layout import Layout  # noqa: PLC0415
 
-        check_pipeline_replacement(params, declared, root)
-    for stage in selected:
-        extra = {"declared": declared, "overwrite": overwrite} if stage == "train" else {}
-        report.reports[stage] = get_stage(stage).load_runner()(params, root=Path(root), **extra)
-    return report
+    return PIPELINE.run(params, Layout(Path(root)), None, stages, declared, overwrite)

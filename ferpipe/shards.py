@@ -17,9 +17,10 @@ and the tar's sha256 matches the one recorded. Anything else is redone from scra
 Stages supply a pure per-shard function ``fn(spec, sink) -> dict | None``: it reads the items
 of ``spec``, calls ``sink.add(sample)`` for each sample (in key order) and ``sink.skip(...)``
 for each item it could not use. :func:`process_shard` wraps it with the temp-file/rename,
-the stats and the resume check; :func:`run_sharded_stage` is the local loop over a plan. A
-flow can instead map :func:`process_shard` over the plan itself and call
-:func:`finalize_split` at the end.
+the stats and the resume check; :func:`process_plans` is the local loop over a plan and
+:func:`finalize_stage` writes the indexes after it. The stages build on these through
+:mod:`ferpipe.sharded` (one fingerprint, one stats aggregation, one runner; a flow maps
+``run_shard`` instead of the local loop).
 """
 
 from __future__ import annotations
@@ -498,32 +499,45 @@ class StageRun:
         return sum(1 for sts in self.stats.values() for s in sts if s.get("resumed"))
 
 
-def run_sharded_stage(plans: Mapping[str, Sequence[ShardSpec]], process_shard_fn: ShardFn,
-                      out_dir: str | os.PathLike,
-                      fingerprint_fn: Callable[[ShardSpec], str] | None = None,
-                      verify: bool = True, progress: bool = True,
-                      desc: str = "shards") -> StageRun:
-    """Run every shard of every split in order (resuming done ones), then write the indexes.
+def process_plans(plans: Mapping[str, Sequence[ShardSpec]], process_shard_fn: ShardFn,
+                  out_dir: str | os.PathLike, fingerprint_fn: Callable[[ShardSpec], str] | None = None,
+                  verify: bool = True, progress: Any = True, desc: str = "shards",
+                  ) -> dict[str, list[dict[str, Any]]]:
+    """Every shard of every split in order (resuming done ones): each shard's stats, per split.
 
-    ``fingerprint_fn(spec)`` gives each shard's fingerprint (default: items only; stages mix
-    in their params). Flows that map shards themselves call :func:`process_shard` per shard
-    and :func:`finalize_split` per split instead.
+    ``progress``: a :class:`ferpipe.progress.Progress`, or True / False for a tqdm bar / none.
     """
-    from tqdm.auto import tqdm  # noqa: PLC0415
+    from ferpipe.progress import as_progress  # noqa: PLC0415
 
-    t0 = time.perf_counter()
     fp = fingerprint_fn or (lambda s: fingerprint_items(s))
+    bar = as_progress(progress)
+    bar.start(sum(len(p) for p in plans.values()), desc)
     stats: dict[str, list[dict[str, Any]]] = {}
-    total = sum(len(p) for p in plans.values())
-    with tqdm(total=total, desc=desc, unit="shard", disable=not progress) as bar:
+    try:
         for split, plan in plans.items():
             stats[split] = []
             for spec in plan:
-                st = process_shard(spec, process_shard_fn, out_dir, fingerprint=fp(spec),
-                                   verify=verify)
+                st = process_shard(spec, process_shard_fn, out_dir, fingerprint=fp(spec), verify=verify)
                 stats[split].append(st)
-                bar.update(1)
-                bar.set_postfix(split=split, resumed=st["resumed"])
+                bar.advance(1, split=split, resumed=st["resumed"])
+    finally:
+        bar.close()
+    return stats
+
+
+def run_sharded_stage(plans: Mapping[str, Sequence[ShardSpec]], process_shard_fn: ShardFn,
+                      out_dir: str | os.PathLike,
+                      fingerprint_fn: Callable[[ShardSpec], str] | None = None,
+                      verify: bool = True, progress: Any = True,
+                      desc: str = "shards") -> StageRun:
+    """:func:`process_plans`, then the indexes (:func:`finalize_stage`).
+
+    ``fingerprint_fn(spec)`` gives each shard's fingerprint (default: items only; stages mix
+    in their params: :mod:`ferpipe.sharded`). Flows that map shards themselves call
+    :func:`process_shard` per shard and :func:`finalize_stage` at the end instead.
+    """
+    t0 = time.perf_counter()
+    stats = process_plans(plans, process_shard_fn, out_dir, fingerprint_fn, verify, progress, desc)
     return finalize_stage(out_dir, plans, stats, time.perf_counter() - t0)
 
 

@@ -20,10 +20,9 @@ from ferpipe.layout import Layout
 from ferpipe.train import TrainParams, TrainReport, train_stage
 from ferpipe.train.presets import resolve
 from ferpipe.train.progress import describe
-from ferpipe.train.stage import train_params_for
+from ferpipe.train.stage import epoch_line, train_params_for
 from flows._common import annotate_current_run, artifact_key, hyperparameter_tags, params_for, stage_run_name
-
-_HISTORY_COLUMNS = ("epoch", "train_loss", "val_acc", "val_macro_f1", "val_loss", "lr", "seconds")
+from flows._stage import publish
 
 
 class ProgressArtifact:
@@ -45,10 +44,7 @@ class ProgressArtifact:
         self._publish(100.0 * info["progress"], f"{self.dataset}: {describe(info)}")
 
     def on_epoch(self, info: dict[str, Any]) -> None:
-        pct = 100.0 * info["epoch"] / info["epochs"]
-        self._publish(pct, f"{self.dataset}: epoch {info['epoch']}/{info['epochs']}, train loss "
-                           f"{info['train_loss']:.4f}, val acc {info['val_acc']:.4f} (best "
-                           f"{info['best_val_acc']:.4f} @ {info['best_epoch']})")
+        self._publish(100.0 * info["epoch"] / info["epochs"], f"{self.dataset}: {epoch_line(info)}")
 
 
 def progress_callback(dataset: str, log: Callable[[str], None]) -> Callable[[dict[str, Any]], None]:
@@ -74,16 +70,7 @@ def run_train_params(train: TrainParams, root: str | Path = ".", declared: Train
     publish_hyperparameters(train)
     report = train_stage(train, Layout(Path(root)), callbacks=[progress.on_epoch], step_callbacks=[progress.on_step],
                          declared=declared, overwrite=overwrite, upstream=upstream)
-    rows = [{c: (round(h[c], 6) if isinstance(h[c], float) else h[c]) for c in _HISTORY_COLUMNS}
-            for h in report.history]
-    create_table_artifact(key=artifact_key("train", train.dataset, "history"), table=rows,
-                          description=f"{train.dataset} ({report.preset}): metrics per epoch")
-    create_table_artifact(key=artifact_key("train", train.dataset, "metrics"),
-                          table=[{"metric": k, "value": v} for k, v in report.metrics.items()],
-                          description=f"{train.dataset} ({report.preset}): final metrics (test read once, "
-                                      f"best-val checkpoint)")
-    logger.info(report.summary())
-    return report
+    return publish(report)  # the history and final metrics tables (TrainReport.artifacts)
 
 
 @flow(name="train", flow_run_name=stage_run_name("train"), log_prints=True)

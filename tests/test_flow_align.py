@@ -1,4 +1,4 @@
-"""download → align as Prefect flows on a tiny synthetic set, against a real Prefect API."""
+"""download → align as Prefect flows on a tiny synthetic set, against a real Prefect API; each\nagain as ``--no-flow``, writing the same files."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from pathlib import Path
 import yaml
 
 from ferpipe import shards
+from ferpipe.config import load_params
+from tests._flow_vs_library import assert_same_files, flow_then_library
 from tests.test_flow_download import _artifacts_of
 
 
@@ -23,6 +25,8 @@ def test_align_flow_maps_shards_and_publishes(prefect_api, tmp_path):
     }))
     state = download_flow(params_path=str(params), root=str(tmp_path), return_state=True)
     assert state.is_completed()
+    # `ferpipe download --no-flow` writes the same raw copy, manifest and report
+    assert_same_files(*flow_then_library(tmp_path, "download", "mini", load_params(params)))
 
     # a file changed after the manifest was made: the align stage must list it, not crash
     raw = tmp_path / "data/raw/mini/Image/original"
@@ -55,3 +59,6 @@ def test_align_flow_maps_shards_and_publishes(prefect_api, tmp_path):
     state = align_flow(params_path=str(params), root=str(tmp_path), return_state=True)
     assert state.result().shards_resumed == len(before)
     assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == before
+
+    # `ferpipe align --no-flow` from scratch writes the same shards, indexes and report
+    assert_same_files(*flow_then_library(tmp_path, "align", "mini", load_params(params)))

@@ -5,7 +5,8 @@ the artifacts (tables, markdown galleries with inline images), checked against t
 stages write. A last test corrupts a shard on purpose and checks the failure names it.
 
 The whole chain runs once per module (module-scoped fixtures, one after the other); each test
-looks at one stage's run.
+looks at one stage's run. After each flow, the stage runs again as ``--no-flow`` (its library
+entry) in the same project: both must write the same files (tests/_flow_vs_library.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from PIL import Image
 
 from ferpipe import shards
 
+from tests._flow_vs_library import assert_same_files, flow_then_library
 from tests._gt_shards import write_gt_aligned
 from tests.test_flow_download import _artifacts_of
 from tests.test_priors import synth_set  # noqa: F401  (session fixture: 14 rendered faces)
@@ -83,10 +85,19 @@ def shard_files(d: Path, split: str) -> dict[str, Path]:
     return {e["name"]: d / e["name"] for e in shards.read_index(d, split)["shards"]}
 
 
-def run_flow(flow_fn, root: Path):
+# stage -> (the flow's files, the --no-flow run's files), filled as the chain runs
+AGREEMENT: dict[str, tuple[dict, dict]] = {}
+
+
+def run_flow(flow_fn, root: Path, stage: str | None = None):
+    """The flow, then (when ``stage`` is named) the same stage as ``--no-flow`` over its outputs."""
     state = flow_fn(params_path=str(root / "params.yaml"), root=str(root), return_state=True)
     assert state.is_completed(), state
     assert state.name == "Completed"
+    if stage is not None:
+        from ferpipe.config import load_params
+
+        AGREEMENT[stage] = flow_then_library(root, stage, DATASET, load_params(root / "params.yaml"))
     return state, _artifacts_of(state.state_details.flow_run_id)
 
 
@@ -106,39 +117,45 @@ def project(tmp_path_factory, synth_set):  # noqa: F811
 def prior_nets_run(prefect_api, project):
     from flows.prior_nets import prior_nets_flow
 
-    return run_flow(prior_nets_flow, project)
+    return run_flow(prior_nets_flow, project, "prior-nets")
 
 
 @pytest.fixture(scope="module")
 def priors_run(prior_nets_run, project):
     from flows.priors import priors_flow
 
-    return run_flow(priors_flow, project)
+    return run_flow(priors_flow, project, "priors")
 
 
 @pytest.fixture(scope="module")
 def occlusion_run(priors_run, project):
     from flows.occlusion import occlusion_flow
 
-    return run_flow(occlusion_flow, project)
+    return run_flow(occlusion_flow, project, "occlusion")
 
 
 @pytest.fixture(scope="module")
 def train_run(priors_run, project):
     from flows.train import train_flow
 
-    return run_flow(train_flow, project)
+    return run_flow(train_flow, project, "train")
 
 
 @pytest.fixture(scope="module")
 def evaluate_run(train_run, occlusion_run, project):
     from flows.evaluate import evaluate_flow
 
-    return run_flow(evaluate_flow, project)
+    return run_flow(evaluate_flow, project, "evaluate")
 
 
 # --------------------------------------------------------------------------------------------
 # one test per stage
+
+
+@pytest.mark.parametrize("stage", ["prior-nets", "priors", "occlusion", "train", "evaluate"])
+def test_flow_and_no_flow_write_the_same_files(stage, request):
+    request.getfixturevalue(f"{stage.replace('-', '_')}_run")
+    assert_same_files(*AGREEMENT[stage])
 
 
 def test_prior_nets_flow_publishes_held_out_metrics(prior_nets_run, project):
@@ -408,7 +425,7 @@ def test_failing_shard_is_retried_then_fails_the_flow_naming_it(project, priors_
     assert flows.align.align_shard_task.retries == 2
     assert flows.prior_nets.train_prior_nets_task.retries == 1
     # the real flow, minus the 2 x 5 s wait between attempts
-    monkeypatch.setattr(fp, "priors_shard_task", fp.priors_shard_task.with_options(retry_delay_seconds=0))
+    monkeypatch.setattr(fp.priors_shard_task, "retry_delay_seconds", 0)
 
     root = _copy_project(project, tmp_path, "aligned")
     blocked = root / "data" / "priors" / DATASET / "val-000000.tar"

@@ -241,11 +241,12 @@ def test_features_kind_falls_back_to_points_aligned(tmp_path):
 
 
 def test_run_occlusion_writes_report(tmp_path):
-    from ferpipe.occlusion.stage import run_occlusion
+    from ferpipe.layout import Layout
+    from ferpipe.occlusion.stage import OcclusionStage
 
     _write_priors(tmp_path / "data" / "priors" / "ds", n=4)
     params = SimpleNamespace(download=SimpleNamespace(dataset="ds"), occlusion=OcclusionParams())
-    rep = run_occlusion(params, tmp_path, recompute_priors=Recorder(), progress=False)
+    rep = OcclusionStage(Recorder()).run(params, Layout(tmp_path))
     assert "synthetic-occlusion ds: 4 samples" in rep.summary()
     assert (tmp_path / "reports" / "occlusion" / "ds.json").is_file()
 

@@ -19,7 +19,8 @@ from ferpipe.priors.domain import (
     dataset_domain,
 )
 from ferpipe.priors.nets import PARSER_ARCH, PriorNet, load_prior_net, save_prior_net
-from ferpipe.priors.stage import run_priors
+from ferpipe.layout import Layout
+from ferpipe.priors.stage import PRIORS
 from ferpipe.sources.params import DownloadParams
 from tests.test_priors import _samples, aligned_dir, random_prior_nets, synth_set, write_aligned  # noqa: F401
 
@@ -54,7 +55,7 @@ def test_old_checkpoints_without_a_domain_read_as_synthetic(random_prior_nets): 
 def test_real_dataset_with_synthetic_nets_is_refused(tmp_path, aligned_dir, random_prior_nets):  # noqa: F811
     root = _project(tmp_path, aligned_dir, random_prior_nets)
     with pytest.raises(DomainMismatchError) as e:
-        run_priors(_real_params(tmp_path), root=root)
+        PRIORS.run(_real_params(tmp_path), Layout(root))
     msg = str(e.value)
     for hint in ("'rafdb'", "prior_nets.source=lapa", "priors.backend=official", "ferpipe weights",
                  "priors.allow_domain_mismatch=true", "read as synthetic"):
@@ -94,7 +95,7 @@ def test_opt_in_runs_and_is_recorded_in_shards_report_and_model_card(tmp_path, s
 
     aligned = write_gt_aligned(tmp_path / "aligned", archive, gts, rows, ["train", "val", "test"], 96, 8)
     root = _project(tmp_path, aligned, random_prior_nets)
-    rep = run_priors(_real_params(tmp_path, allow_domain_mismatch=True), root=root)
+    rep = PRIORS.run(_real_params(tmp_path, allow_domain_mismatch=True), Layout(root))
     assert rep.domain["mismatch"] is True and rep.domain["allow_domain_mismatch"] is True
     assert "WARNING" in rep.summary() and "rendered" in rep.summary()
     saved = json.loads((root / "reports" / "priors" / "rafdb.json").read_text())
@@ -116,7 +117,7 @@ def test_priors_flow_refuses_before_any_shard(prefect_api, tmp_path, aligned_dir
     import flows.priors as fp
 
     root = _project(tmp_path, aligned_dir, random_prior_nets)
-    monkeypatch.setattr(fp, "params_for", lambda path, ov: _real_params(tmp_path))
+    monkeypatch.setattr("flows._common.params_for", lambda path, ov: _real_params(tmp_path))
     state = fp.priors_flow(params_path="unused", root=str(root), return_state=True)
     assert state.is_failed()
     with pytest.raises(DomainMismatchError, match="allow_domain_mismatch"):

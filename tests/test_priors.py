@@ -424,7 +424,7 @@ def test_priors_flow_publishes_stats_and_gallery(prefect_api, aligned_dir, rando
     root = tmp_path / "proj"
     shutil.copytree(aligned_dir, root / "data" / "aligned" / "synthetic")
     shutil.copytree(random_prior_nets / "prior_nets", root / "models" / "prior_nets")
-    monkeypatch.setattr(fp, "params_for", lambda path, ov: _fake_params(
+    monkeypatch.setattr("flows._common.params_for", lambda path, ov: _fake_params(
         priors=PriorsParams(kind="maps", backend="ferpipe", gallery_size=3)))
     state = fp.priors_flow(params_path="unused", root=str(root), return_state=True)
     assert state.is_completed()
@@ -474,13 +474,14 @@ def test_flow_and_no_flow_write_the_same_report_and_shards(prefect_api, aligned_
     import shutil
 
     import flows.priors as fp
-    from ferpipe.priors import run_priors
+    from ferpipe.layout import Layout
+    from ferpipe.priors import PRIORS
 
     root = tmp_path / "proj"
     shutil.copytree(aligned_dir, root / "data" / "aligned" / "synthetic")
     shutil.copytree(random_prior_nets / "prior_nets", root / "models" / "prior_nets")
     params = _fake_params(priors=PriorsParams(kind="maps", backend="ferpipe", gallery_size=0, threads=1))
-    monkeypatch.setattr(fp, "params_for", lambda path, ov: params)
+    monkeypatch.setattr("flows._common.params_for", lambda path, ov: params)
     out_dir, report_path = root / "data" / "priors" / "synthetic", root / "reports" / "priors" / "synthetic.json"
 
     assert fp.priors_flow(params_path="unused", root=str(root), return_state=True).is_completed()
@@ -488,7 +489,7 @@ def test_flow_and_no_flow_write_the_same_report_and_shards(prefect_api, aligned_
     shards_by_flow = _tree_bytes(out_dir)
     shutil.rmtree(out_dir)
     report_path.unlink()
-    run_priors(params, root=root)
+    PRIORS.run(params, Layout(root))
     by_library = json.loads(report_path.read_text())
 
     assert _tree_bytes(out_dir) == shards_by_flow

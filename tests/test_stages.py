@@ -95,8 +95,8 @@ def test_cli_pipeline_and_flows_derive_from_the_registry():
     assert list(pipeline.STAGES) == names
     for stage in STAGES:
         flow_module, flow_name, runner = cli._STAGES[stage.name]
-        assert f"{flow_module}:{flow_name}" == stage.flow and runner == stage.runner
-        assert callable(stage.load_runner())
+        assert f"{flow_module}:{flow_name}" == stage.flow and runner == stage.entry
+        assert callable(stage.load().run)
     sub = cli.build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001
     assert set(names) <= set(sub)
     assert stages.get("priors").paths("outputs", "rafdb") == ["data/priors/rafdb", "reports/priors/rafdb.json"]

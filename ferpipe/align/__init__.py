@@ -10,6 +10,6 @@ from ferpipe._lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "params": ["AlignParams"],
-    "stage": ["AlignReport", "align_shard", "align_stage", "failure_gallery_markdown", "failure_thumbnails",
+    "stage": ["ALIGN", "AlignReport", "align_job", "align_stage", "failure_gallery_markdown", "failure_thumbnails",
               "plan_align"],
 })

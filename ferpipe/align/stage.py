@@ -16,15 +16,15 @@ import json
 import os
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
 
-from ferpipe import __version__, shards
+from ferpipe import shards
 from ferpipe.align import decode as _decode
 from ferpipe.align import warp as _warp
 from ferpipe.align.detect import (
@@ -36,16 +36,16 @@ from ferpipe.align.detect import (
 )
 from ferpipe.align.params import AlignParams
 from ferpipe.layout import Layout
+from ferpipe.report import Artifact, markdown, markdown_table, table
+from ferpipe.sharded import ShardedStage, ShardJob, ShardTotals
 
 STAGE = "align"
-# Params that change speed but not a single output byte: left out of shard fingerprints so
-# a rerun with more threads resumes instead of redoing everything.
-_NON_OUTPUT_PARAMS = ("threads", "decode_workers", "device")
+GALLERY_LIMIT = 48  # thumbnails inlined in the failure gallery (each ~3 KB of base64)
 
 
 @dataclass
 class AlignReport:
-    """What :func:`align_stage` returns (and what a flow publishes)."""
+    """What the align stage returns (and writes, less its timings, to ``reports/align/``)."""
 
     dataset: str
     out_dir: str
@@ -59,6 +59,8 @@ class AlignReport:
     shards_resumed: int
     index_sha256: str
     params: dict[str, Any] = field(default_factory=dict)
+    raw_root: str = ""
+    shard_stats: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,6 +73,27 @@ class AlignReport:
         for reason, n in self.skipped_by_reason.items():
             lines.append(f"  skipped {reason}: {n}")
         return "\n".join(lines)
+
+    def summary_markdown(self) -> str:
+        rows = [{"split": s, **c} for s, c in self.splits.items()]
+        reasons = [{"reason": r, "count": n} for r, n in self.skipped_by_reason.items()]
+        return "\n".join([
+            f"# align {self.dataset}",
+            f"{self.images_processed} images in {self.seconds:.1f} s: "
+            f"**{self.images_per_second:.1f} images/s**; {self.shards_resumed} shards resumed.", "",
+            markdown_table(rows, ["split", "items", "written", "skipped", "noted", "shards", "shards_resumed"]), "",
+            "## Skipped, by reason", "", markdown_table(reasons, ["reason", "count"]) if reasons else "None.",
+        ])
+
+    def artifacts(self) -> list[Artifact]:
+        """Per-shard stats, the summary, and a gallery of the failed images (thumbnails)."""
+        ds = Path(self.out_dir).name
+        thumbs = failure_thumbnails(self.failures, self.raw_root, limit=GALLERY_LIMIT,
+                                    max_image_pixels=self.params.get("max_image_pixels", 100_000_000))
+        return [table(("align", ds, "shards"), self.shard_stats, f"{ds}: per-shard alignment stats"),
+                markdown(("align", ds, "summary"), self.summary_markdown(), f"{ds}: throughput and skips"),
+                markdown(("align", ds, "failures"), failure_gallery_markdown(thumbs, total=len(self.failures)),
+                         f"{ds}: images with no usable face, and fallbacks")]
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,13 +135,6 @@ def _dataset_box(item: Mapping[str, Any]) -> np.ndarray | None:
     return a
 
 
-def _fingerprint(spec: shards.ShardSpec, params: AlignParams, label_space_name: str) -> str:
-    p = params.model_dump(mode="json")
-    for k in _NON_OUTPUT_PARAMS:
-        p.pop(k, None)
-    return shards.fingerprint_items(spec, p, extra=f"{STAGE}/{__version__}/{label_space_name}")
-
-
 # --------------------------------------------------------------------------------------------
 # the per-shard worker
 
@@ -133,6 +149,10 @@ class _Aligner:
         self.label_space_name = str((label_space or {}).get("name", ""))
         self.pool = pool
         self._detector: FaceDetector | None = None
+
+    def describe(self) -> str:
+        """Besides the params, what decides the output: the label space the labels are in."""
+        return self.label_space_name
 
     @property
     def detector(self) -> FaceDetector:
@@ -240,6 +260,22 @@ class _Aligner:
                 det: Detections | None) -> tuple:
         """Turn one decoded image (+ its detections in detector coordinates) into a result."""
         p = self.params
+        meta = self._meta(item, d)
+        hint = _dataset_points(item)
+        if p.method == "passthrough":
+            return self._passthrough(d, meta, hint)
+        if det is None:  # points from the dataset
+            if hint is None:
+                return self._warped(d, meta, None, ("no_points", "points=dataset but the row has no landmarks5"))
+            meta.update(method="dataset", chosen_by="dataset_points")
+            return self._warped(d, meta, hint, None)
+        chosen = self._choose(item, d, det, meta, hint)
+        if len(chosen) == 4:  # a finished sample: the dataset-box fallback crop
+            return chosen
+        return self._warped(d, meta, *chosen)
+
+    def _meta(self, item: Mapping[str, Any], d: _decode.Decoded) -> dict[str, Any]:
+        p = self.params
         h, w = d.rgb.shape[:2]
         meta: dict[str, Any] = {
             "key": str(item["key"]), "dataset": str(item.get("dataset", "")),
@@ -258,62 +294,61 @@ class _Aligner:
             meta["dataset_box"] = _r(box)
         if item.get("soft_label") is not None:
             meta["soft_label"] = _r(item["soft_label"], 6)
-        hint = _dataset_points(item)
-        note = None
-        pts = None
-        if p.method == "passthrough":
-            m = _warp.resize_matrix(w, h, p.output_size)
-            crop = _warp.resize(d.rgb, p.output_size)
-            meta["method"] = "passthrough"
-            if hint is not None:
-                meta["points_src"] = _r(hint)
-                meta["points_aligned"] = _r(_warp.transform_points(hint, m))
-            meta["matrix"] = _r(m, 6)
-            return ("sample", crop, meta, None)
-        if det is None:  # points from the dataset
-            if hint is None:
-                pts = None
-                note = ("no_points", "points=dataset but the row has no landmarks5")
-            else:
-                pts = hint
-                meta["method"] = "dataset"
-                meta["chosen_by"] = "dataset_points"
+        return meta
+
+    def _passthrough(self, d: _decode.Decoded, meta: dict[str, Any], hint: np.ndarray | None) -> tuple:
+        h, w = d.rgb.shape[:2]
+        m = _warp.resize_matrix(w, h, self.params.output_size)
+        meta["method"] = "passthrough"
+        if hint is not None:
+            meta["points_src"] = _r(hint)
+            meta["points_aligned"] = _r(_warp.transform_points(hint, m))
+        meta["matrix"] = _r(m, 6)
+        return ("sample", _warp.resize(d.rgb, self.params.output_size), meta, None)
+
+    def _choose(self, item: Mapping[str, Any], d: _decode.Decoded, det: Detections, meta: dict[str, Any],
+                hint: np.ndarray | None) -> tuple:
+        """The face to align among the detections: ``(points, note)``, or a finished sample when
+        no detection overlaps the dataset's box (the box-crop fallback)."""
+        p = self.params
+        h, w = d.rgb.shape[:2]
+        box = _dataset_box(item)
+        det = det.scaled(*d.scale).shifted(*d.offset).filtered(p.min_score)
+        meta["detect"] = {"scale": _r(d.scale, 6), "size": [int(d.det.shape[1]), int(d.det.shape[0])],
+                          "min_face_size": _r(self.detector.min_face_size(d.det.shape[1], d.det.shape[0]), 3)}
+        if d.offset != (0.0, 0.0):
+            meta["detect"]["region_offset"] = _r(d.offset)
+        meta["boxes"] = _r(det.boxes)
+        meta["scores"] = _r(det.scores, 5)
+        meta["points_all"] = _r(det.points)
+        by_box = box is not None and p.use_dataset_box
+        if by_box:
+            k, iou = choose_by_box(det, box, p.box_min_iou)
+            meta["box_iou"] = _r(iou, 4)
+            rule = "box_iou"
         else:
-            det = det.scaled(*d.scale).shifted(*d.offset).filtered(p.min_score)
-            meta["detect"] = {"scale": _r(d.scale, 6), "size": [int(d.det.shape[1]),
-                                                                 int(d.det.shape[0])],
-                              "min_face_size": _r(self.detector.min_face_size(
-                                  d.det.shape[1], d.det.shape[0]), 3)}
-            if d.offset != (0.0, 0.0):
-                meta["detect"]["region_offset"] = _r(d.offset)
-            meta["boxes"] = _r(det.boxes)
-            meta["scores"] = _r(det.scores, 5)
-            meta["points_all"] = _r(det.points)
-            by_box = box is not None and p.use_dataset_box
-            if by_box:
-                k, iou = choose_by_box(det, box, p.box_min_iou)
-                meta["box_iou"] = _r(iou, 4)
-                rule = "box_iou"
-            else:
-                k = choose_face(det, w, h, p, hint)
-                rule = ("dataset_points" if hint is not None and p.choose_by_dataset_points
-                        else p.choose)
-            if k is None and by_box:
-                # The documented fallback: no detection overlaps the labelled face enough,
-                # so crop by the dataset's own box rather than guess another face.
-                m = _warp.box_crop_matrix(box, p.output_size, p.margin)
-                meta.update(method="box_crop", chosen_by="box_crop", matrix=_r(m, 6),
-                            fallback_reason="no_detection_on_box")
-                crop = _warp.warp(d.rgb, m, p.output_size)
-                return ("sample", crop, meta,
-                        ("box_crop", f"best IoU with the dataset box {iou:.2f} < "
-                                     f"box_min_iou {p.box_min_iou}"))
-            if k is None:
-                note = ("no_face", f"no face with score >= {p.min_score}")
-            else:
-                pts = det.points[k].astype(np.float64)
-                meta.update(method="mtcnn", chosen=int(k), box=_r(det.boxes[k]),
-                            score=_r(det.scores[k], 5), chosen_by=rule)
+            k = choose_face(det, w, h, p, hint)
+            rule = "dataset_points" if hint is not None and p.choose_by_dataset_points else p.choose
+        if k is None and by_box:
+            # The documented fallback: no detection overlaps the labelled face enough,
+            # so crop by the dataset's own box rather than guess another face.
+            m = _warp.box_crop_matrix(box, p.output_size, p.margin)
+            meta.update(method="box_crop", chosen_by="box_crop", matrix=_r(m, 6),
+                        fallback_reason="no_detection_on_box")
+            crop = _warp.warp(d.rgb, m, p.output_size)
+            return ("sample", crop, meta,
+                    ("box_crop", f"best IoU with the dataset box {iou:.2f} < box_min_iou {p.box_min_iou}"))
+        if k is None:
+            return (None, ("no_face", f"no face with score >= {p.min_score}"))
+        meta.update(method="mtcnn", chosen=int(k), box=_r(det.boxes[k]), score=_r(det.scores[k], 5),
+                    chosen_by=rule)
+        return (det.points[k].astype(np.float64), None)
+
+    def _warped(self, d: _decode.Decoded, meta: dict[str, Any], pts: np.ndarray | None,
+                note: tuple[str, str] | None) -> tuple:
+        """The crop warped onto the template by ``pts``, or the no-face fallback (center crop or skip)."""
+        p = self.params
+        h, w = d.rgb.shape[:2]
         tpl = _warp.template(p.output_size, p.margin)
         if pts is not None:
             try:
@@ -333,8 +368,7 @@ class _Aligner:
             meta["template"] = _r(tpl, 4)
             note = None
         meta["matrix"] = _r(m, 6)
-        crop = _warp.warp(d.rgb, m, p.output_size)
-        return ("sample", crop, meta, note)
+        return ("sample", _warp.warp(d.rgb, m, p.output_size), meta, note)
 
     def _emit(self, item: Mapping[str, Any], res: tuple, sink: shards.ShardSink,
               spec: shards.ShardSpec) -> None:
@@ -397,83 +431,57 @@ def _set_threads(params: AlignParams) -> None:
         torch.set_num_threads(params.threads)
 
 
-def align_shard(spec: shards.ShardSpec, raw_root: str | Path, out_dir: str | Path,
-                params: AlignParams, label_space: Mapping[str, Any] | None = None,
-                verify: bool = True) -> dict[str, Any]:
-    """Align one shard (idempotent: a done shard is kept) and return its stats.
+class AlignStage(ShardedStage):
+    """``ferpipe align``: manifest + raw images -> ``data/aligned/<dataset>`` (see the module doc)."""
 
-    This is what a flow maps over :func:`plan_align`'s shards; call
-    :func:`ferpipe.shards.finalize_split` per split once all are done.
-    """
-    _set_threads(params)
-    pool = _make_pool(params)
-    try:
-        aligner = _Aligner(raw_root, params, label_space, pool)
-        return shards.process_shard(
-            spec, aligner, out_dir,
-            fingerprint=_fingerprint(spec, params, aligner.label_space_name), verify=verify)
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+    name = STAGE
+    # Change speed but not a single output byte: a rerun with more threads resumes.
+    non_output = ("threads", "decode_workers", "device")
+
+    def plan(self, params, layout: Layout) -> ShardJob:
+        dataset = params.download.dataset
+        return align_job(layout.manifest(dataset), layout.raw(dataset), layout.shards("aligned", dataset),
+                         params.align, dataset)
+
+    @contextmanager
+    def worker(self, job: ShardJob) -> Iterator[_Aligner]:
+        _set_threads(job.params)
+        pool = _make_pool(job.params)
+        try:
+            yield _Aligner(job.inputs["raw_root"], job.params, job.inputs["label_space"], pool)
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+
+    def report(self, job: ShardJob, totals: ShardTotals, stats, seconds: float) -> AlignReport:
+        datasets = {str(it.get("dataset", "")) for spec in job.specs for it in spec.items}
+        index = json.loads((job.out_dir / "index.json").read_text())
+        return AlignReport(
+            dataset=",".join(sorted(datasets)), out_dir=str(job.out_dir), splits=totals.splits,
+            skipped_by_reason=totals.skipped_by_reason, noted_by_reason=totals.noted_by_reason,
+            failures=totals.failures, seconds=round(seconds, 3), images_processed=totals.processed,
+            images_per_second=totals.per_second(seconds), shards_resumed=totals.resumed,
+            index_sha256=index["sha256"], params=job.params.model_dump(mode="json"),
+            raw_root=str(job.inputs["raw_root"]), shard_stats=totals.shard_rows)
+
+
+ALIGN = AlignStage()
+
+
+def align_job(manifest_path: str | Path, raw_root: str | Path, out_dir: str | Path, params: AlignParams,
+              dataset: str = "") -> ShardJob:
+    """The planned run: every manifest row (see :func:`plan_align`) into ``out_dir``."""
+    plans, label_space = plan_align(manifest_path, params)
+    return ShardJob(dataset=dataset or Path(out_dir).name, out_dir=Path(out_dir), plans=plans, params=params,
+                    inputs={"raw_root": str(raw_root), "label_space": label_space})
 
 
 def align_stage(manifest_path: str | Path, raw_root: str | Path, out_dir: str | Path,
-                params: AlignParams, progress: bool = True) -> AlignReport:
-    """Align every row of the manifest into ``out_dir`` (``data/aligned/<dataset>``)."""
-    t0 = time.perf_counter()
-    _set_threads(params)
-    plans, label_space = plan_align(manifest_path, params)
-    pool = _make_pool(params)
-    try:
-        aligner = _Aligner(raw_root, params, label_space, pool)
-        run = shards.run_sharded_stage(
-            plans, aligner, out_dir,
-            fingerprint_fn=partial(_fingerprint, params=params,
-                                   label_space_name=aligner.label_space_name),
-            progress=progress, desc="align")
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    return summarize_align(run, plans, out_dir, params, time.perf_counter() - t0)
-
-
-def summarize_align(run: shards.StageRun, plans: Mapping[str, Sequence[shards.ShardSpec]],
-                    out_dir: str | Path, params: AlignParams, seconds: float) -> AlignReport:
-    """The stage report from the shards' stats (the local loop and the flow both end here)."""
-    splits: dict[str, dict[str, int]] = {}
-    skipped: dict[str, int] = {}
-    noted: dict[str, int] = {}
-    failures: list[dict[str, Any]] = []
-    processed = 0
-    datasets = set()
-    for split, sts in run.stats.items():
-        c = {"items": 0, "written": 0, "skipped": 0, "noted": 0, "shards": len(sts),
-             "shards_resumed": 0}
-        for st in sts:
-            for k in ("items", "written", "skipped", "noted"):
-                c[k] += st["counts"][k]
-            c["shards_resumed"] += int(st["resumed"])
-            if not st["resumed"]:
-                processed += st["counts"]["items"]
-            for r, n in st["counts"]["skipped_by_reason"].items():
-                skipped[r] = skipped.get(r, 0) + n
-            for r, n in st["counts"]["noted_by_reason"].items():
-                noted[r] = noted.get(r, 0) + n
-            for kind, lst in (("skipped", st["skipped"]), ("noted", st["noted"])):
-                failures.extend({"split": split, "shard": st["shard"], "kind": kind, **e}
-                                for e in lst)
-        splits[split] = c
-    for spec_list in plans.values():
-        for spec in spec_list:
-            datasets.update(str(it.get("dataset", "")) for it in spec.items)
-    index = json.loads((Path(out_dir) / "index.json").read_text())
-    return AlignReport(
-        dataset=",".join(sorted(datasets)), out_dir=str(out_dir), splits=splits,
-        skipped_by_reason=dict(sorted(skipped.items())), noted_by_reason=dict(sorted(noted.items())),
-        failures=failures, seconds=round(seconds, 3), images_processed=processed,
-        images_per_second=round(processed / seconds, 3) if seconds > 0 else 0.0,
-        shards_resumed=run.resumed_shards, index_sha256=index["sha256"],
-        params=params.model_dump(mode="json"))
+                params: AlignParams, progress: Any = True) -> AlignReport:
+    """Align every row of the manifest into ``out_dir`` (``data/aligned/<dataset>``); the report is
+    returned, not written (``ferpipe align`` writes it: :meth:`AlignStage.run`)."""
+    started = time.perf_counter()
+    return ALIGN.run_job(align_job(manifest_path, raw_root, out_dir, params), progress, started)
 
 
 # --------------------------------------------------------------------------------------------
@@ -518,21 +526,3 @@ def failure_gallery_markdown(thumbs: Sequence[Mapping[str, Any]], title: str = "
         detail = str(t.get("detail") or "").replace("|", "\\|")[:120]
         buf.write(f"| {img} | `{t['key']}` | {t['reason']} | {detail} |\n")
     return buf.getvalue()
-
-
-def write_report(report: AlignReport, path: str | Path) -> Path:
-    """The report without this run's timings (those go to ``reports/timings/``: ferpipe.timings)."""
-    from ferpipe.timings import write_report as _write  # noqa: PLC0415
-
-    _write(path, report.to_dict())
-    return Path(path)
-
-
-def run_align(params, root: Path = Path(".")) -> AlignReport:
-    """Entry point for ``ferpipe align --no-flow``: takes the whole :class:`~ferpipe.config.Params`."""
-    layout = Layout(Path(root))
-    dataset = params.download.dataset
-    report = align_stage(layout.manifest(dataset), layout.raw(dataset), layout.shards("aligned", dataset),
-                         params.align)
-    write_report(report, layout.stage_report("align", dataset))
-    return report

@@ -16,5 +16,5 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "metrics": ["assign_bins", "classification_metrics", "flatten", "group_accuracy", "robustness_curve"],
     "params": ["EvaluateParams"],
     "predict": ["CheckpointPredictor", "LabelMapMismatchError", "Predictions", "Predictor", "check_label_map"],
-    "stage": ["EvaluateReport", "evaluate_sets", "run_evaluate"],
+    "stage": ["EVALUATE", "EvaluateReport", "evaluate_sets", "run_evaluate"],
 })

@@ -2,27 +2,19 @@
 
 Plain markdown with the figures linked by relative path (``plots/*.png``), so it reads offline
 in any viewer, in git and on a forge. Every accuracy carries its 95% interval; groups with few
-samples are marked. The same tables feed the Prefect artifacts (:mod:`flows.evaluate`).
+samples are marked. The same tables feed the report's artifacts (:meth:`ferpipe.evaluate.stage.EvaluateReport.artifacts`).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from ferpipe.report import markdown_table
 
 if TYPE_CHECKING:
     from ferpipe.evaluate.stage import EvaluateReport
-
-
-def markdown_table(rows: Iterable[Mapping[str, Any]], columns: Sequence[str],
-                   headers: Sequence[str] | None = None) -> str:
-    def cell(value: Any) -> str:
-        return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(headers or columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def with_ci(row: Mapping[str, Any], key: str, digits: int = 3) -> str:

@@ -39,7 +39,7 @@ import numpy as np
 
 from ferpipe import shards
 from ferpipe.evaluate import plots
-from ferpipe.evaluate.markdown import with_ci, write_report_md
+from ferpipe.evaluate.markdown import METRICS_HEADER, metrics_rows, with_ci, write_report_md
 from ferpipe.evaluate.metrics import (
     accuracy_drop,
     classification_metrics,
@@ -51,6 +51,8 @@ from ferpipe.evaluate.params import EvaluateParams
 from ferpipe.evaluate.predict import CheckpointPredictor, Predictions, Predictor, check_label_map, shards_label_space
 from ferpipe.errors import ConfigError
 from ferpipe.layout import Layout
+from ferpipe.progress import Progress
+from ferpipe.report import Artifact, markdown, markdown_table, table
 from ferpipe.timings import write_report
 
 SYNTHETIC = "synthetic-occlusion"
@@ -66,9 +68,26 @@ class EvaluateReport:
     seconds: float = 0.0
     metrics_path: str = ""
     report_md: str = ""
+    dataset: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def artifacts(self) -> list[Artifact]:
+        """Every metric table, and a page with the summary and the figures (inline PNG / JPEG)."""
+        ds = self.dataset
+        out = [table(("evaluate", ds, name), rows, f"{ds}: {name.replace('_', ' ')}")
+               for name, rows in self.tables.items() if rows]
+        md = [f"# {ds}: evaluation", ""]
+        if self.tables.get("metrics"):
+            md += ["95% intervals: Wilson for accuracy, seeded bootstrap for mean class accuracy and macro-F1.", "",
+                   markdown_table(metrics_rows(self.tables["metrics"]), METRICS_HEADER), ""]
+        for name, why in self.skipped_sets.items():
+            md.append(f"- {name}: skipped ({why})")
+        for name, path in sorted(self.images.items()):
+            md += [f"## {name.replace('_', ' ')}", "", f'<img src="{plots.image_data_uri(path)}" width="480"/>', ""]
+        return out + [markdown(("evaluate", ds, "figures"), "\n".join(md),
+                               f"{ds}: confusion matrices and robustness curves")]
 
     def summary(self) -> str:
         lines = [f"evaluate: {self.metrics_path}, {self.report_md} ({self.seconds:.1f}s; 95% intervals: "
@@ -296,8 +315,22 @@ def _split_urls(shards_dir: Path, split: str) -> list[str]:
     return shards.shard_urls(shards_dir, split)
 
 
+class EvaluateStage:
+    """``ferpipe evaluate``: the trained model on the evaluation sets (see the module doc)."""
+
+    name = "evaluate"
+
+    def run(self, params, layout: Layout, progress: Progress | None = None,
+            predictor: Predictor | None = None) -> EvaluateReport:
+        return run_evaluate(params, layout.root, predictor)
+
+
+EVALUATE = EvaluateStage()
+
+
 def run_evaluate(params, root: Path = Path("."), predictor: Predictor | None = None) -> EvaluateReport:
-    """Entry point for ``ferpipe evaluate --no-flow``: takes the whole :class:`Params`."""
+    """The evaluate stage on the whole :class:`Params` (``predictor``: default, the checkpoint
+    ``evaluate.checkpoint`` names)."""
     from ferpipe.occlusion.subsets import read_subsets  # noqa: PLC0415
     from ferpipe.occlusion.synthetic import metadata_path, read_metadata  # noqa: PLC0415
 
@@ -316,8 +349,9 @@ def run_evaluate(params, root: Path = Path("."), predictor: Predictor | None = N
         syn_urls = shards.shard_urls(occ_dir, SYNTHETIC)
         syn_meta = read_metadata(metadata_path(occ_dir))
     report = evaluate_sets(predictor, clean_urls, layout.reports, p, read_subsets(occ_dir), syn_urls, syn_meta)
+    report.dataset = dataset
     write_report(layout.stage_report("evaluate", dataset), report.to_dict())
     return report
 
 
-__all__ = ["EvaluateReport", "check_label_map", "evaluate_sets", "run_evaluate"]
+__all__ = ["EVALUATE", "EvaluateReport", "check_label_map", "evaluate_sets", "run_evaluate"]

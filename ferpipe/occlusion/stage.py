@@ -1,4 +1,4 @@
-"""The occlusion stage: ``ferpipe occlusion`` / ``run_occlusion(params, root)``.
+"""The occlusion stage: ``ferpipe occlusion`` / ``OCCLUSION.run(params, layout)``.
 
 Builds the ``synthetic-occlusion`` set from ``data/<occlusion.source_stage>/<dataset>`` (the
 ``occlusion.split`` split) into ``data/occlusion/<dataset>``, and, when ``occlusion.subsets``
@@ -8,21 +8,21 @@ The report goes to ``reports/occlusion/<dataset>.json``.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 from ferpipe import shards
 from ferpipe.layout import Layout
-from ferpipe.timings import write_report
 from ferpipe.occlusion.placement import placement_source
 from ferpipe.occlusion.subsets import build_subsets
 from ferpipe.occlusion.synthetic import (
     OcclusionReport,
     RecomputeFn,
+    SyntheticOcclusion,
     backend_recompute,
-    synthetic_occlusion_stage,
+    occlusion_job,
 )
+from ferpipe.sharded import ShardJob
 
 STAGE = "occlusion"
 
@@ -44,13 +44,6 @@ def default_recompute(params, layout: Layout, source_dir: Path, split: str) -> R
     return backend_recompute(pp, layout.models)
 
 
-def occlusion_paths(params, root: Path) -> tuple[Layout, str, Path, Path]:
-    layout = Layout(Path(root))
-    dataset = params.download.dataset
-    return (layout, dataset, layout.shards(params.occlusion.source_stage, dataset),
-            layout.shards(STAGE, dataset))
-
-
 def maybe_build_subsets(params, layout: Layout, dataset: str, out_dir: Path) -> dict[str, Any]:
     p = params.occlusion
     if not p.subsets:
@@ -58,16 +51,22 @@ def maybe_build_subsets(params, layout: Layout, dataset: str, out_dir: Path) -> 
     return build_subsets(p.subsets, layout.manifest(dataset), layout.raw(dataset), out_dir, p.split)
 
 
-def run_occlusion(params, root: Path = Path("."), recompute_priors: RecomputeFn | None = None,
-                  progress: bool = True) -> OcclusionReport:
-    """Entry point for ``ferpipe occlusion --no-flow``: takes the whole :class:`Params`."""
-    t0 = time.perf_counter()
-    layout, dataset, source_dir, out_dir = occlusion_paths(params, root)
-    p = params.occlusion
-    recompute = recompute_priors or default_recompute(params, layout, source_dir, p.split)
-    report = synthetic_occlusion_stage(source_dir, out_dir, p, recompute, dataset, progress=progress,
-                                       placement=placement_source(layout, dataset))
-    report.subsets = maybe_build_subsets(params, layout, dataset, out_dir)
-    report.seconds = round(time.perf_counter() - t0, 3)
-    write_report(layout.stage_report(STAGE, dataset), report.to_dict())
-    return report
+class OcclusionStage(SyntheticOcclusion):
+    """``ferpipe occlusion``: the synthetic-occlusion set, then the real subsets (see the module doc).
+    ``recompute``: the occluded images' priors (default: the backend ``priors.*`` names)."""
+
+    def __init__(self, recompute: RecomputeFn | None = None):
+        self.recompute = recompute
+
+    def plan(self, params, layout: Layout) -> ShardJob:
+        dataset = params.download.dataset
+        source_dir = layout.shards(params.occlusion.source_stage, dataset)
+        recompute = self.recompute or default_recompute(params, layout, source_dir, params.occlusion.split)
+        return occlusion_job(source_dir, layout.shards(STAGE, dataset), params.occlusion, recompute, dataset,
+                             placement_source(layout, dataset))
+
+    def complete(self, report: OcclusionReport, params, layout: Layout, job: ShardJob) -> None:
+        report.subsets = maybe_build_subsets(params, layout, job.dataset, job.out_dir)
+
+
+OCCLUSION = OcclusionStage()

@@ -36,27 +36,27 @@ import hashlib
 import io
 import json
 import os
-import re
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
-from ferpipe import __version__, shards
+from ferpipe import shards
 from ferpipe.occlusion.face import approx_parsing, coverage, face_geometry
 from ferpipe.occlusion.occluders import composite, draw_occluder
 from ferpipe.occlusion.params import OcclusionParams
 from ferpipe.occlusion.placement import PlacementSource
+from ferpipe.report import Artifact, markdown, markdown_table, table
+from ferpipe.sharded import ShardedStage, ShardJob, ShardTotals, mirror_shards
 from ferpipe.thumbs import jpeg_data_uri
 
 SET_NAME = "synthetic-occlusion"
 STAGE = "occlusion"
-_NON_OUTPUT_PARAMS = ("gallery_size", "subsets")
-_SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<index>\d{%d})\.tar$" % shards.SHARD_DIGITS)
+STATS_COLUMNS = ["shard", "items", "written", "skipped", "seconds", "items_per_second", "bytes", "resumed"]
 
 RecomputeFn = Callable[[np.ndarray], Mapping[str, Any]]
 
@@ -108,18 +108,12 @@ def plan_occlusion(source_dir: str | os.PathLike, split: str = "test", variants:
                    ) -> dict[str, list[shards.ShardSpec]]:
     """One ``synthetic-occlusion`` spec per source shard of ``split`` (same index and keys);
     items carry the source shard's name and sha256, so a changed source changes the fingerprint."""
-    source_dir = Path(source_dir)
-    specs = []
-    for entry in shards.read_index(source_dir, split)["shards"]:
-        m = _SHARD_RE.match(entry["name"])
-        if m is None:
-            raise ValueError(f"{source_dir}/{entry['name']}: not a <split>-NNNNNN.tar name")
-        keys = shards.indexed_tar_keys(source_dir, entry)
-        items = sorted(({"key": out_key(k, v, variants), "source_key": k, "variant": v,
-                         "source_shard": entry["name"], "source_sha256": entry["sha256"]}
-                        for k in keys for v in range(variants)), key=lambda it: it["key"])
-        specs.append(shards.ShardSpec(split=SET_NAME, index=int(m.group("index")), items=tuple(items)))
-    return {SET_NAME: specs}
+    def items(entry, keys):
+        return sorted(({"key": out_key(k, v, variants), "source_key": k, "variant": v,
+                        "source_shard": entry["name"], "source_sha256": entry["sha256"]}
+                       for k in keys for v in range(variants)), key=lambda it: it["key"])
+
+    return {SET_NAME: mirror_shards(source_dir, split, SET_NAME, items)}
 
 
 def describe_recompute(fn: RecomputeFn) -> str:
@@ -130,13 +124,6 @@ def describe_recompute(fn: RecomputeFn) -> str:
         return shards.canonical_json(d()).decode()
     f = getattr(fn, "func", fn)
     return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', type(f).__name__)}"
-
-
-def _fingerprint(spec: shards.ShardSpec, params: OcclusionParams, recompute_desc: str) -> str:
-    p = params.model_dump(mode="json")
-    for k in _NON_OUTPUT_PARAMS:
-        p.pop(k, None)
-    return shards.fingerprint_items(spec, p, extra=f"{STAGE}/{__version__}/{recompute_desc}")
 
 
 # --- the per-shard worker ----------------------------------------------------------------------
@@ -161,6 +148,10 @@ class OcclusionWorker:
         self.params = params
         self.recompute = recompute
         self.placement = placement or PlacementSource()
+
+    def describe(self) -> str:
+        """Besides the params, what decides the output: the priors recompute and the placement source."""
+        return describe_recompute(self.recompute) + "/" + shards.canonical_json(self.placement.describe()).decode()
 
     def __call__(self, spec: shards.ShardSpec, sink: shards.ShardSink) -> dict[str, Any]:
         p = self.params
@@ -273,22 +264,7 @@ def backend_recompute(priors_params, models_dir: str | os.PathLike) -> BackendRe
                             priors_params.png_compression)
 
 
-# --- entry points -------------------------------------------------------------------------------
-
-
-def _inputs_desc(recompute: RecomputeFn, placement: PlacementSource) -> str:
-    return describe_recompute(recompute) + "/" + shards.canonical_json(placement.describe()).decode()
-
-
-def occlusion_shard(spec: shards.ShardSpec, source_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                    params: OcclusionParams, recompute: RecomputeFn, verify: bool = True,
-                    placement: PlacementSource | None = None) -> dict[str, Any]:
-    """Build one synthetic-occlusion shard (idempotent) and return its stats (a flow maps this)."""
-    placement = placement or PlacementSource()
-    worker = OcclusionWorker(source_dir, params, recompute, placement)
-    return shards.process_shard(spec, worker, out_dir,
-                                fingerprint=_fingerprint(spec, params, _inputs_desc(recompute, placement)),
-                                verify=verify)
+# --- the report -------------------------------------------------------------------------------
 
 
 @dataclass
@@ -312,6 +288,8 @@ class OcclusionReport:
     subsets: dict[str, Any] = field(default_factory=dict)
     # What placed the occluders (ferpipe.occlusion.placement): samples per geometry source.
     by_placement: dict[str, int] = field(default_factory=dict)
+    source_split: str = "test"
+    gallery_size: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -328,6 +306,36 @@ class OcclusionReport:
             lines.append(f"  subset {name}: {s['keys']} keys, {s['duplicates']} duplicates, "
                          f"{s['problems']} problems")
         return "\n".join(lines)
+
+    def artifacts(self) -> list[Artifact]:
+        """A per-shard table (occluder counts ``n_*``) and a page of counts, subset problems and a gallery."""
+        ds = self.dataset
+        occluders = sorted({k for r in self.shard_stats for k in r if k.startswith("n_")})
+        rows = [{c: r.get(c, 0) for c in STATS_COLUMNS + occluders} for r in self.shard_stats]
+        return [table(("occlusion", ds, "shards"), rows, f"{ds}: {SET_NAME} per shard (occluder counts n_*)"),
+                markdown(("occlusion", ds, "gallery"), self._markdown(),
+                         f"{ds}: {SET_NAME} gallery, counts and subset problems")]
+
+    def _markdown(self) -> str:
+        md = [f"# {self.dataset}: {SET_NAME}", "",
+              f"{self.samples} samples, mean occluded fraction {self.mean_occluded_fraction:.3f}; occluders "
+              f"placed from the data alone, never a network: "
+              + ", ".join(f"{n} on {k}" for k, n in self.by_placement.items()), "",
+              markdown_table([{"occluder": k, "samples": v} for k, v in self.by_occluder.items()],
+                             ["occluder", "samples"]), "",
+              markdown_table([{"region": k, "samples": v} for k, v in self.by_region.items()], ["region", "samples"]),
+              ""]
+        if self.failures:
+            md += [markdown_table(self.failures[:200], ["shard", "key", "reason", "detail"]), ""]
+        if self.subsets:
+            md += ["## Real subsets", "",
+                   markdown_table(list(self.subsets["subsets"].values()),
+                                  ["subset", "format", "keys", "duplicates", "problems", "codes"]), ""]
+            if self.subsets["problems"]:
+                md += [markdown_table(self.subsets["problems"][:200], ["subset", "stem", "problem", "detail"]), ""]
+        if self.gallery_size:
+            md.append(gallery_markdown(self.out_dir, self.source_dir, self.source_split, limit=self.gallery_size))
+        return "\n".join(md)
 
 
 def metadata_path(out_dir: str | os.PathLike) -> Path:
@@ -358,62 +366,59 @@ def read_metadata(path: str | os.PathLike):
     return pd.read_parquet(path)
 
 
-def finalize_occlusion(out_dir: str | os.PathLike, source_dir: str | os.PathLike,
-                       plans: Mapping[str, Sequence[shards.ShardSpec]],
-                       stats: Mapping[str, list[dict[str, Any]]], dataset: str, seconds: float,
-                       subsets: Mapping[str, Any] | None = None) -> OcclusionReport:
-    """Indexes, the metadata parquet and the report, once every shard is done."""
-    out_dir = Path(out_dir)
-    shards.finalize_stage(out_dir, plans, stats, seconds)
-    rows, failures, table = [], [], []
-    skipped: dict[str, int] = {}
-    resumed = processed = 0
-    for split, sts in stats.items():
-        for st in sts:
-            rows.extend(st["extra"].get("rows", []))
-            failures.extend({"shard": st["shard"], **e} for e in st["skipped"])
-            for r, n in st["counts"]["skipped_by_reason"].items():
-                skipped[r] = skipped.get(r, 0) + n
-            resumed += int(bool(st.get("resumed")))
-            processed += 0 if st.get("resumed") else st["counts"]["items"]
-            table.append({"split": split, "shard": st["shard"], "items": st["counts"]["items"],
-                          "written": st["counts"]["written"], "skipped": st["counts"]["skipped"],
-                          "seconds": st.get("seconds"), "items_per_second": st.get("items_per_second"),
-                          "bytes": st["bytes"], "resumed": bool(st.get("resumed")),
-                          **{f"n_{k}": v for k, v in st["extra"].get("by_occluder", {}).items()}})
-    meta = write_metadata(rows, metadata_path(out_dir))
-    by_region: dict[str, int] = {}
-    for r in rows:
-        for reg in r["regions"]:
-            by_region[reg] = by_region.get(reg, 0) + 1
-    index = json.loads((out_dir / "index.json").read_text())
-    fr = [r["occluded_fraction"] for r in rows]
-    return OcclusionReport(
-        dataset=dataset, out_dir=str(out_dir), source_dir=str(source_dir), samples=len(rows),
-        skipped=sum(skipped.values()), skipped_by_reason=dict(sorted(skipped.items())), failures=failures,
-        by_occluder=_counts(r["occluder"] for r in rows), by_region=dict(sorted(by_region.items())),
-        mean_occluded_fraction=round(float(np.mean(fr)), 4) if fr else 0.0, shards_resumed=resumed,
-        seconds=round(seconds, 3), samples_per_second=round(processed / seconds, 3) if seconds > 0 else 0.0,
-        index_sha256=index["sha256"], metadata=str(meta), shard_stats=table, subsets=dict(subsets or {}),
-        by_placement=_counts(r["geometry_source"] for r in rows))
+class SyntheticOcclusion(ShardedStage):
+    """The ``synthetic-occlusion`` set as a sharded stage, from explicit paths (the whole stage,
+    with the real subsets: :class:`ferpipe.occlusion.stage.OcclusionStage`)."""
+
+    name = STAGE
+    non_output = ("gallery_size", "subsets")
+
+    @contextmanager
+    def worker(self, job: ShardJob) -> Iterator[OcclusionWorker]:
+        yield OcclusionWorker(job.inputs["source_dir"], job.params, job.inputs["recompute"], job.inputs["placement"])
+
+    def row_extra(self, stats: Mapping[str, Any]) -> dict[str, Any]:
+        return {f"n_{k}": v for k, v in stats["extra"].get("by_occluder", {}).items()}
+
+    def report(self, job: ShardJob, totals: ShardTotals, stats, seconds: float) -> OcclusionReport:
+        """The metadata parquet and the report, once every shard is done."""
+        rows = [r for sts in stats.values() for st in sts for r in st["extra"].get("rows", [])]
+        meta = write_metadata(rows, metadata_path(job.out_dir))
+        by_region: dict[str, int] = {}
+        for r in rows:
+            for reg in r["regions"]:
+                by_region[reg] = by_region.get(reg, 0) + 1
+        index = json.loads((job.out_dir / "index.json").read_text())
+        fr = [r["occluded_fraction"] for r in rows]
+        return OcclusionReport(
+            dataset=job.dataset, out_dir=str(job.out_dir), source_dir=str(job.inputs["source_dir"]), samples=len(rows),
+            skipped=sum(totals.skipped_by_reason.values()), skipped_by_reason=totals.skipped_by_reason,
+            failures=totals.failures,
+            by_occluder=_counts(r["occluder"] for r in rows), by_region=dict(sorted(by_region.items())),
+            mean_occluded_fraction=round(float(np.mean(fr)), 4) if fr else 0.0, shards_resumed=totals.resumed,
+            seconds=round(seconds, 3), samples_per_second=totals.per_second(seconds), index_sha256=index["sha256"],
+            metadata=str(meta), shard_stats=totals.shard_rows, by_placement=_counts(r["geometry_source"] for r in rows),
+            source_split=job.params.split, gallery_size=job.params.gallery_size)
+
+
+def occlusion_job(source_dir: str | os.PathLike, out_dir: str | os.PathLike, params: OcclusionParams,
+                  recompute: RecomputeFn, dataset: str = "", placement: PlacementSource | None = None) -> ShardJob:
+    """The planned run: every source shard of ``params.split`` -> ``out_dir``. ``placement``: where
+    occluders go (:mod:`ferpipe.occlusion.placement`; default: the aligned samples' own points)."""
+    return ShardJob(dataset=dataset or Path(source_dir).name, out_dir=Path(out_dir),
+                    plans=plan_occlusion(source_dir, params.split, params.variants), params=params,
+                    inputs={"source_dir": str(source_dir), "recompute": recompute,
+                            "placement": placement or PlacementSource()})
 
 
 def synthetic_occlusion_stage(source_dir: str | os.PathLike, out_dir: str | os.PathLike,
                               params: OcclusionParams, recompute: RecomputeFn, dataset: str = "",
-                              progress: bool = True, placement: PlacementSource | None = None) -> OcclusionReport:
-    """Every source shard of ``params.split`` -> ``out_dir`` (local loop; resumes done shards).
-    ``placement``: where occluders go (:mod:`ferpipe.occlusion.placement`; default: the aligned
-    samples' own points)."""
-    placement = placement or PlacementSource()
-    t0 = time.perf_counter()
-    plans = plan_occlusion(source_dir, params.split, params.variants)
-    worker = OcclusionWorker(source_dir, params, recompute, placement)
-    run = shards.run_sharded_stage(plans, worker, out_dir,
-                                   fingerprint_fn=partial(_fingerprint, params=params,
-                                                          recompute_desc=_inputs_desc(recompute, placement)),
-                                   progress=progress, desc=SET_NAME)
-    return finalize_occlusion(out_dir, source_dir, plans, run.stats, dataset or Path(source_dir).name,
-                              time.perf_counter() - t0)
+                              progress: Any = True, placement: PlacementSource | None = None) -> OcclusionReport:
+    """Every source shard of ``params.split`` -> ``out_dir`` (local loop; resumes done shards); the
+    report is returned, not written."""
+    started = time.perf_counter()
+    job = occlusion_job(source_dir, out_dir, params, recompute, dataset, placement)
+    return SyntheticOcclusion().run_job(job, progress, started)
 
 
 # --- gallery ------------------------------------------------------------------------------------

@@ -17,6 +17,6 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "conventions": ["IBUG68_FLIP", "LAPA_FLIP", "flip_landmarks", "flip_parsing", "parsing_from_68"],
     "params": ["PriorNetsParams", "PriorsParams"],
     "stage": ["PriorsReport", "gallery_markdown", "gallery_rows", "plan_priors", "priors_gallery", "priors_shard",
-              "priors_stage", "run_priors"],
-    "training": ["PriorNetsReport", "prior_nets_stage", "run_prior_nets"],
+              "priors_stage", "PRIORS", "priors_job"],
+    "training": ["PRIOR_NETS", "PriorNetsReport", "prior_nets_stage"],
 })

@@ -24,10 +24,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -35,18 +34,15 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ferpipe import __version__, shards
+from ferpipe import shards
 from ferpipe.priors.backends import PriorBackend, build_backend
 from ferpipe.priors.domain import check_domain, dataset_domain, mismatch_note
 from ferpipe.priors.params import PriorsParams
+from ferpipe.report import Artifact, markdown, markdown_table, table
+from ferpipe.sharded import ShardedStage, ShardJob, ShardTotals, mirror_shards
 from ferpipe.thumbs import jpeg_data_uri
-from ferpipe.timings import write_report
 
 STAGE = "priors"
-# Params that change speed or reporting only. batch_size is *not* one of them: oneDNN's
-# convolutions give last-bit differences between batch sizes, which fp16 does not always hide.
-_NON_OUTPUT_PARAMS = ("device", "threads", "gallery_size")
-_SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<index>\d{%d})\.tar$" % shards.SHARD_DIGITS)
 FLIP_CONVENTION = ("view 1 is computed from the horizontally flipped image and uses the same "
                    "image-side semantics as view 0 (LaPa class 2 / iBUG points 36-41 = the brow "
                    "/ eye on the image's left of that view's image); equivalently view 0 "
@@ -77,6 +73,7 @@ class PriorsReport:
     prior: dict[str, Any] = field(default_factory=dict)
     shard_stats: list[dict[str, Any]] = field(default_factory=list)
     domain: dict[str, Any] = field(default_factory=dict)
+    gallery_size: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,6 +93,19 @@ class PriorsReport:
             lines.append("  WARNING: " + note.replace("**", ""))
         return "\n".join(lines)
 
+    def artifacts(self) -> list[Artifact]:
+        """A per-shard stats table; a markdown page with the skipped samples and a gallery."""
+        ds, what = self.dataset, f"{self.kind}, backend {self.backend}"
+        md = [f"# {ds}: priors ({what})", "",
+              f"{sum(c['written'] for c in self.splits.values())} samples, "
+              f"{self.bytes_per_sample / 1024:.1f} KiB/sample, {self.samples_per_second:.1f} samples/s", ""]
+        if self.failures:
+            md += [markdown_table(self.failures[:200], ["split", "shard", "key", "reason", "detail"]), ""]
+        if self.gallery_size:
+            md.append(priors_gallery(self.out_dir, self.kind, limit=self.gallery_size))
+        return [table(("priors", ds, "shards"), self.shard_stats, f"{ds}: priors ({self.kind}, {self.backend}) per shard"),
+                markdown(("priors", ds, "gallery"), "\n".join(md), f"{ds}: priors gallery and skipped samples")]
+
 
 # --------------------------------------------------------------------------------------------
 # planning: mirror the aligned shards
@@ -111,30 +121,14 @@ def plan_priors(aligned_dir: str | os.PathLike) -> dict[str, list[shards.ShardSp
     """One spec per aligned shard (same split, index, keys); items carry the source shard
     name and sha256, so a changed aligned shard changes the fingerprint."""
     aligned_dir = Path(aligned_dir)
-    plans: dict[str, list[shards.ShardSpec]] = {}
     splits = _aligned_splits(aligned_dir)
     if not splits:
         raise FileNotFoundError(f"no *{shards.INDEX_SUFFIX} in {aligned_dir}: run the align stage first")
-    for split in splits:
-        specs = []
-        for entry in shards.read_index(aligned_dir, split)["shards"]:
-            m = _SHARD_RE.match(entry["name"])
-            if m is None:
-                raise ValueError(f"{aligned_dir}/{entry['name']}: not a <split>-NNNNNN.tar name")
-            keys = shards.indexed_tar_keys(aligned_dir, entry)
-            items = tuple({"key": k, "source_shard": entry["name"], "source_sha256": entry["sha256"]}
-                          for k in keys)
-            specs.append(shards.ShardSpec(split=split, index=int(m.group("index")), items=items))
-        plans[split] = specs
-    return plans
 
+    def items(entry, keys):
+        return ({"key": k, "source_shard": entry["name"], "source_sha256": entry["sha256"]} for k in keys)
 
-def _fingerprint(spec: shards.ShardSpec, params: PriorsParams, backend_desc: Mapping) -> str:
-    p = params.model_dump(mode="json")
-    for k in _NON_OUTPUT_PARAMS:
-        p.pop(k, None)
-    return shards.fingerprint_items(
-        spec, p, extra=f"{STAGE}/{__version__}/" + shards.canonical_json(backend_desc).decode())
+    return {split: mirror_shards(aligned_dir, split, split, items) for split in splits}
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,6 +152,10 @@ class _PriorsWorker:
         self.params = params
         self.backend = backend
         self.desc = {**backend.describe(), "domain": dict(domain)}
+
+    def describe(self) -> str:
+        """Besides the params, what decides the output: the backend (checkpoint sha256s) and domain."""
+        return shards.canonical_json(self.desc).decode()
 
     def _prior_meta(self, shapes: dict[str, list[int]]) -> dict[str, Any]:
         return {"kind": self.params.kind, **self.desc, "shapes": shapes, "views": ["original", "hflip"],
@@ -239,109 +237,72 @@ class _PriorsWorker:
 # entry points
 
 
-def priors_shard(spec: shards.ShardSpec, aligned_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                 params: PriorsParams, models_dir: str | os.PathLike,
-                 backend: PriorBackend | None = None, verify: bool = True,
-                 domain: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Compute one priors shard (idempotent: a done shard is kept) and return its stats.
+class PriorsStage(ShardedStage):
+    """``ferpipe priors``: ``data/aligned/<dataset>`` -> ``data/priors/<dataset>`` (see the module doc)."""
 
-    A flow calls :func:`ferpipe.priors.domain.check_domain` once, maps this over
-    :func:`plan_priors`'s specs with its record as ``domain``, then calls
-    :func:`ferpipe.shards.finalize_split` per split and :func:`ferpipe.shards.write_dataset_index`.
-    """
-    if domain is None:
-        domain = check_domain(params, models_dir, None)
-    backend = backend or build_backend(params, models_dir)
-    worker = _PriorsWorker(Path(aligned_dir), params, backend, domain)
-    return shards.process_shard(spec, worker, out_dir,
-                                fingerprint=_fingerprint(spec, params, worker.desc), verify=verify)
+    name = STAGE
+    # Change speed or reporting only. batch_size is *not* one of them: oneDNN's convolutions
+    # give last-bit differences between batch sizes, which fp16 does not always hide.
+    non_output = ("device", "threads", "gallery_size")
+
+    def plan(self, params, layout) -> ShardJob:
+        dataset = params.download.dataset
+        return priors_job(layout.shards("aligned", dataset), layout.shards("priors", dataset), params.priors,
+                          layout.models, dataset_domain(params.download))
+
+    @contextmanager
+    def worker(self, job: ShardJob) -> Iterator[_PriorsWorker]:
+        backend = build_backend(job.params, job.inputs["models_dir"])
+        yield _PriorsWorker(Path(job.inputs["aligned_dir"]), job.params, backend, job.inputs["domain"])
+
+    def report(self, job: ShardJob, totals: ShardTotals, stats, seconds: float) -> PriorsReport:
+        p: PriorsParams = job.params
+        index = json.loads((job.out_dir / "index.json").read_text())
+        return PriorsReport(
+            dataset=job.dataset, out_dir=str(job.out_dir), kind=p.kind, backend=p.backend, splits=totals.splits,
+            skipped_by_reason=totals.skipped_by_reason, failures=totals.failures, seconds=round(seconds, 3),
+            samples_processed=totals.processed, samples_per_second=totals.per_second(seconds),
+            shards_resumed=totals.resumed, bytes_per_sample=round(totals.bytes / max(totals.written, 1), 1),
+            index_sha256=index["sha256"], prior=prior_description(job.out_dir, list(stats)),
+            shard_stats=totals.shard_rows, domain=dict(job.inputs["domain"]), gallery_size=p.gallery_size)
+
+
+PRIORS = PriorsStage()
+
+
+def priors_job(aligned_dir: str | os.PathLike, out_dir: str | os.PathLike, params: PriorsParams,
+               models_dir: str | os.PathLike, data_domain: str | None = None) -> ShardJob:
+    """The planned run. Checks the domain first (:func:`ferpipe.priors.domain.check_domain`):
+    a real dataset with synthetic-only prior nets raises DomainMismatchError before any shard,
+    unless ``params.allow_domain_mismatch``; ``data_domain`` None (unknown) is recorded, not checked."""
+    aligned_dir = Path(aligned_dir)
+    domain = check_domain(params, models_dir, data_domain, aligned_dir.name)
+    return ShardJob(dataset=aligned_dir.name, out_dir=Path(out_dir), plans=plan_priors(aligned_dir), params=params,
+                    inputs={"aligned_dir": str(aligned_dir), "models_dir": str(models_dir), "domain": domain})
+
+
+def priors_shard(spec: shards.ShardSpec, aligned_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                 params: PriorsParams, models_dir: str | os.PathLike) -> dict[str, Any]:
+    """One priors shard of ``aligned_dir`` (idempotent: a done shard is kept) and its stats."""
+    return PRIORS.run_shard(spec, priors_job(aligned_dir, out_dir, params, models_dir))
 
 
 def priors_stage(aligned_dir: str | os.PathLike, out_dir: str | os.PathLike, params: PriorsParams,
-                 models_dir: str | os.PathLike, progress: bool = True,
+                 models_dir: str | os.PathLike, progress: Any = True,
                  data_domain: str | None = None) -> PriorsReport:
-    """Every aligned shard of ``aligned_dir`` (``data/aligned/<dataset>``) -> ``out_dir``.
-
-    ``data_domain``: ``real`` or ``synthetic`` (:func:`ferpipe.priors.domain.dataset_domain`);
-    a real dataset with synthetic-only prior nets raises DomainMismatchError unless
-    ``params.allow_domain_mismatch``. None (unknown) is recorded as such and not checked.
-    """
-    t0 = time.perf_counter()
-    aligned_dir, out_dir = Path(aligned_dir), Path(out_dir)
-    domain = check_domain(params, models_dir, data_domain, aligned_dir.name)
-    plans = plan_priors(aligned_dir)
-    backend = build_backend(params, models_dir)
-    worker = _PriorsWorker(aligned_dir, params, backend, domain)
-    run = shards.run_sharded_stage(plans, worker, out_dir,
-                                   fingerprint_fn=partial(_fingerprint, params=params,
-                                                          backend_desc=worker.desc),
-                                   verify=True, progress=progress, desc="priors")
-    return build_report(run.stats, out_dir, params, aligned_dir.name, time.perf_counter() - t0,
-                        domain)
+    """Every aligned shard of ``aligned_dir`` (``data/aligned/<dataset>``) -> ``out_dir``; the
+    report is returned, not written (``ferpipe priors`` writes it: :meth:`PriorsStage.run`).
+    ``data_domain``: ``real`` or ``synthetic`` (:func:`ferpipe.priors.domain.dataset_domain`)."""
+    started = time.perf_counter()
+    return PRIORS.run_job(priors_job(aligned_dir, out_dir, params, models_dir, data_domain), progress, started)
 
 
 def prior_description(out_dir: str | os.PathLike, splits: Sequence[str]) -> dict[str, Any]:
     """The ``priors`` object of the first written sample, less its shapes: what the shards
-    hold, read back from them (so a flow, whose shards ran elsewhere, needs no model load);
+    hold, read back from them (the same whether the shards ran here or as a flow's tasks);
     empty when no sample was written."""
     meta = shards.first_sample_json(url for split in splits for url in shards.shard_urls(out_dir, split))
     return {} if meta is None else {k: v for k, v in meta["priors"].items() if k != "shapes"}
-
-
-def build_report(stats: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: Path,
-                 params: PriorsParams, dataset: str, seconds: float,
-                 domain: Mapping[str, Any] | None = None) -> PriorsReport:
-    """The stage's report from its shards' stats, after the indexes are written; the one
-    builder for ``ferpipe priors`` and ``ferpipe priors --no-flow``."""
-    splits: dict[str, dict[str, int]] = {}
-    skipped: dict[str, int] = {}
-    failures: list[dict[str, Any]] = []
-    rows = []
-    processed = resumed = written = 0
-    total_bytes = 0
-    for split, sts in stats.items():
-        c = {"items": 0, "written": 0, "skipped": 0, "shards": len(sts), "shards_resumed": 0}
-        for st in sts:
-            for k in ("items", "written", "skipped"):
-                c[k] += st["counts"][k]
-            c["shards_resumed"] += int(bool(st.get("resumed")))
-            resumed += int(bool(st.get("resumed")))
-            if not st.get("resumed"):
-                processed += st["counts"]["items"]
-            written += st["counts"]["written"]
-            total_bytes += st["bytes"]
-            for r, n in st["counts"]["skipped_by_reason"].items():
-                skipped[r] = skipped.get(r, 0) + n
-            failures.extend({"split": split, "shard": st["shard"], **e} for e in st["skipped"])
-            rows.append({"shard": st["shard"], "split": split, "items": st["counts"]["items"],
-                         "written": st["counts"]["written"], "skipped": st["counts"]["skipped"],
-                         "seconds": st.get("seconds"), "items_per_second": st.get("items_per_second"),
-                         "bytes": st["bytes"], "resumed": bool(st.get("resumed")),
-                         "sha256": st["sha256"][:16]})
-        splits[split] = c
-    index = json.loads((out_dir / "index.json").read_text())
-    prior = prior_description(out_dir, list(stats))
-    return PriorsReport(
-        dataset=dataset, out_dir=str(out_dir), kind=params.kind, backend=params.backend,
-        splits=splits, skipped_by_reason=dict(sorted(skipped.items())), failures=failures,
-        seconds=round(seconds, 3), samples_processed=processed,
-        samples_per_second=round(processed / seconds, 3) if seconds > 0 else 0.0,
-        shards_resumed=resumed, bytes_per_sample=round(total_bytes / max(written, 1), 1),
-        index_sha256=index["sha256"], prior=prior, shard_stats=rows,
-        domain=dict(domain if domain is not None else prior.get("domain") or {}))
-
-
-def run_priors(params, root: Path = Path(".")) -> PriorsReport:
-    """Entry point for ``ferpipe priors --no-flow``: takes the whole :class:`Params`."""
-    from ferpipe.layout import Layout  # noqa: PLC0415
-
-    layout = Layout(Path(root))
-    dataset = params.download.dataset
-    report = priors_stage(layout.shards("aligned", dataset), layout.shards("priors", dataset),
-                          params.priors, layout.models, data_domain=dataset_domain(params.download))
-    out = layout.stage_report("priors", dataset)
-    write_report(out, report.to_dict())
-    return report
 
 
 # --------------------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ from ferpipe.priors.conventions import (
 from ferpipe.priors.data import FaceSet, lapa_faces, synthetic_faces
 from ferpipe.priors.nets import PriorNet, save_prior_net
 from ferpipe.priors.params import PriorNetsParams
+from ferpipe.progress import NullProgress, Progress
+from ferpipe.report import Artifact, markdown, markdown_table, table
 
 PARSER_FILE = "parser.pt"
 LANDMARKS_FILE = "landmarks.pt"
@@ -60,6 +62,24 @@ class PriorNetsReport:
                 f"  parser mIoU {m['parser']['miou']:.3f} (occluded {m['parser_occluded']['miou']:.3f})\n"
                 f"  landmarks NME {m['landmarks']['nme']:.4f} (occluded "
                 f"{m['landmarks_occluded']['nme']:.4f}), inter-ocular")
+
+    def artifacts(self) -> list[Artifact]:
+        """The held-out metrics, clean and occluded, and the parser's per-class IoU."""
+        m = self.metrics
+        rows = [{"metric": "mIoU", "clean": round(m["parser"]["miou"], 4),
+                 "occluded": round(m["parser_occluded"]["miou"], 4)},
+                {"metric": "pixel accuracy", "clean": round(m["parser"]["pixel_accuracy"], 4),
+                 "occluded": round(m["parser_occluded"]["pixel_accuracy"], 4)},
+                {"metric": "NME (inter-ocular)", "clean": round(m["landmarks"]["nme"], 4),
+                 "occluded": round(m["landmarks_occluded"]["nme"], 4)},
+                {"metric": "landmark failures (NME > 0.10)", "clean": m["landmarks"]["failure_rate_0.10"],
+                 "occluded": m["landmarks_occluded"]["failure_rate_0.10"]}]
+        iou = [{"class": c, "iou": v, "iou_occluded": m["parser_occluded"]["iou"][c]}
+               for c, v in m["parser"]["iou"].items()]
+        return [table(("prior-nets", "metrics"), rows, f"held-out {self.source} faces ({self.n_test})"),
+                markdown(("prior-nets", "per-class-iou"),
+                         f"# Prior parser: per-class IoU\n\n{markdown_table(iou, ['class', 'iou', 'iou_occluded'])}\n",
+                         "per-class IoU on held-out faces, clean and occluded")]
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,9 +309,14 @@ def prior_nets_stage(params: PriorNetsParams, out_dir: str | Path, root: str | P
     return report
 
 
-def run_prior_nets(params, root: Path = Path(".")) -> PriorNetsReport:
-    """Entry point for ``ferpipe prior-nets --no-flow``: takes the whole :class:`Params`."""
-    from ferpipe.layout import Layout  # noqa: PLC0415
+class PriorNetsStage:
+    """``ferpipe prior-nets``: train the parser and landmark nets into ``models/prior_nets``."""
 
-    layout = Layout(Path(root))
-    return prior_nets_stage(params.prior_nets, layout.models / "prior_nets", root=layout.root)
+    name = "prior-nets"
+
+    def run(self, params, layout, progress: Progress | None = None) -> PriorNetsReport:
+        return prior_nets_stage(params.prior_nets, layout.models / "prior_nets", root=layout.root,
+                                log=(progress or NullProgress()).message)
+
+
+PRIOR_NETS = PriorNetsStage()

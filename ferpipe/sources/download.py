@@ -21,6 +21,8 @@ from typing import Any, Callable
 from ferpipe.errors import ChecksumError, DataError
 from ferpipe.labels import get_label_space, get_native_map, space_kind, to_canonical
 from ferpipe.layout import Layout
+from ferpipe.progress import NullProgress, Progress
+from ferpipe.report import Artifact, markdown, markdown_table, table
 from ferpipe.manifest import (
     STATUS_OK,
     carve_val,
@@ -37,6 +39,7 @@ from ferpipe.sources.readers import get_reader
 from ferpipe.tempfiles import private_sibling, sweep_stale
 
 _URL_PREFIXES = ("http://", "https://")
+MAX_LISTED = 500  # a rejected list longer than this is truncated in the artifacts (the JSON report has all)
 # A lone top-level folder with one of these names is the data's split, not a wrapper to strip.
 _SPLIT_FOLDERS = frozenset({"train", "val", "valid", "validation", "test"})
 
@@ -77,6 +80,32 @@ class DownloadReport:
             lines.append(f"  rejected: {len(self.rejected)} (listed in the report)")
         if self.leakage:
             lines.append(f"  leakage: {len(self.leakage)} identical images across splits")
+        return "\n".join(lines)
+
+    def artifacts(self) -> list[Artifact]:
+        """Usable images per split and class; the rejected files, leakage and the val split."""
+        ds = self.dataset
+        return [table(("download", ds, "counts"), self.counts,
+                      f"{ds}: usable images per split and class ({self.label_space['name']})"),
+                markdown(("download", ds, "rejected"), self.rejected_markdown(), f"{ds}: files skipped, with the reason")]
+
+    def rejected_markdown(self) -> str:
+        lines = [f"# {self.dataset}: rejected files ({len(self.rejected)})", ""]
+        if not self.rejected:
+            lines.append("None: every listed image decoded and has a label in the label space.")
+        else:
+            lines.append(markdown_table(self.rejected[:MAX_LISTED], ["path", "reason"]))
+            if len(self.rejected) > MAX_LISTED:
+                lines.append(f"\n… and {len(self.rejected) - MAX_LISTED} more in {self.manifest}'s report JSON.")
+        if self.leakage:
+            lines += ["", f"## Leakage: {len(self.leakage)} identical images across splits", ""]
+            rows = [{"sha256": leak["sha256"][:16],
+                     "samples": ", ".join(f"{s['split']}:{s['path']}" for s in leak["samples"])}
+                    for leak in self.leakage[:MAX_LISTED]]
+            lines.append(markdown_table(rows, ["sha256", "samples"]))
+        if self.val_split:
+            lines += ["", f"Val split carved from train: {self.val_split['total']} images "
+                          f"(fraction {self.val_split['fraction']}, seed {self.val_split['seed']})."]
         return "\n".join(lines)
 
 
@@ -373,6 +402,13 @@ def download_stage(params: DownloadParams, layout: Layout, log: Callable[[str], 
     return report
 
 
-def run_download(params, root: Path = Path(".")) -> DownloadReport:
-    """Entry point for ``ferpipe download --no-flow``: takes the whole :class:`Params`."""
-    return download_stage(params.download, Layout(Path(root)))
+class DownloadStage:
+    """``ferpipe download``: the source ``download.*`` names -> ``data/raw/<dataset>`` + the manifest."""
+
+    name = "download"
+
+    def run(self, params, layout: Layout, progress: Progress | None = None) -> DownloadReport:
+        return download_stage(params.download, layout, log=(progress or NullProgress()).message)
+
+
+DOWNLOAD = DownloadStage()

@@ -3,7 +3,7 @@ AMP, DDP, resume), checkpoints, presets, and the train stage.
 
 Public API::
 
-    from ferpipe.train import TrainParams, train_stage, run_train, fit, RunOptions
+    from ferpipe.train import TrainParams, train_stage, TRAIN, fit, RunOptions
     from ferpipe.train import presets           # resolve(params), list_presets(), register_preset
     from ferpipe.train import data              # probe_shards, train_pipeline, eval_pipeline, ...
     from ferpipe.train.optim import SAM, build_optimizer, build_scheduler
@@ -17,5 +17,5 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "loop": ["NonFiniteLossError", "RunOptions", "TrainResult", "evaluate", "fit"],
     "params": ["TrainParams"],
     "presets": ["TrainConfig", "get_preset", "list_presets", "register_preset", "resolve"],
-    "stage": ["TrainReport", "run_train", "train_stage"],
+    "stage": ["TRAIN", "TrainReport", "train_stage"],
 })

@@ -36,6 +36,8 @@ import torch.distributed as dist
 
 from ferpipe.errors import ConfigError, FerpipeError
 from ferpipe.layout import Layout
+from ferpipe.progress import NullProgress, Progress
+from ferpipe.report import Artifact, table
 from ferpipe.shards import write_json_atomic
 from ferpipe.timings import split_run_facts, write_report
 
@@ -49,6 +51,7 @@ from .progress import StepCallback
 
 log = logging.getLogger(__name__)
 EpochCallback = Callable[[dict[str, Any]], None]
+_HISTORY_COLUMNS = ("epoch", "train_loss", "val_acc", "val_macro_f1", "val_loss", "lr", "seconds")
 
 
 @dataclass
@@ -71,6 +74,14 @@ class TrainReport:
     def to_dict(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "preset": self.preset, "model_dir": self.model_dir,
                 "metrics": self.metrics, "config": self.config, "reports": self.reports}
+
+    def artifacts(self) -> list[Artifact]:
+        """Metrics per epoch and the final ones (the progress and hyperparameters are the flow's)."""
+        rows = [{c: (round(h[c], 6) if isinstance(h[c], float) else h[c]) for c in _HISTORY_COLUMNS}
+                for h in self.history]
+        return [table(("train", self.dataset, "history"), rows, f"{self.dataset} ({self.preset}): metrics per epoch"),
+                table(("train", self.dataset, "metrics"), [{"metric": k, "value": v} for k, v in self.metrics.items()],
+                      f"{self.dataset} ({self.preset}): final metrics (test read once, best-val checkpoint)")]
 
 
 class _LiveLogger:
@@ -299,9 +310,34 @@ def check_pipeline_replacement(params, declared, root: str | Path = ".") -> None
     check_replacement(train_params_for(params), train_params_for(declared), Layout(Path(root)))
 
 
-def run_train(params, root: Path = Path("."), declared=None, overwrite: bool = False) -> TrainReport:
-    """Entry point for ``ferpipe train --no-flow``: takes the whole :class:`Params` (``declared``:
-    params.yaml's, without the run's overrides; see :func:`check_replacement`)."""
-    return train_stage(train_params_for(params), Layout(Path(root)),
-                       declared=train_params_for(declared) if declared is not None else None, overwrite=overwrite,
-                       upstream=params)
+def epoch_line(info: dict[str, Any]) -> str:
+    """One line per finished epoch (the flow's progress artifact)."""
+    return (f"epoch {info['epoch']}/{info['epochs']}, train loss {info['train_loss']:.4f}, val acc "
+            f"{info['val_acc']:.4f} (best {info['best_val_acc']:.4f} @ {info['best_epoch']})")
+
+
+class TrainStage:
+    """``ferpipe train``: priors shards -> a trained model and its reports (see the module doc)."""
+
+    name = "train"
+
+    def run(self, params, layout: Layout, progress: Progress | None = None, declared=None, overwrite: bool = False,
+            step_callbacks: Sequence[StepCallback] = ()) -> TrainReport:
+        """``declared``: params.yaml's whole :class:`Params`, without the run's overrides (see
+        :func:`check_replacement`); ``progress`` advances by epoch (``step_callbacks``: within one)."""
+        progress = progress or NullProgress()
+        train = train_params_for(params)
+        progress.start(resolve(train).epochs, f"train {train.dataset}")
+
+        def on_epoch(info: dict[str, Any]) -> None:  # (fit logs the epoch's line itself)
+            progress.advance(1, val_acc=round(info["val_acc"], 4), best=round(info["best_val_acc"], 4))
+
+        try:
+            return train_stage(train, layout, callbacks=[on_epoch], step_callbacks=step_callbacks,
+                               declared=train_params_for(declared) if declared is not None else None,
+                               overwrite=overwrite, upstream=params)
+        finally:
+            progress.close()
+
+
+TRAIN = TrainStage()
