@@ -26,6 +26,7 @@ from torch import nn
 from ferpipe.errors import ConfigError, FerpipeError
 from ferpipe.losses.criterion import Criterion, EpochContext, create_criterion, logits_of
 from ferpipe.models import create_model
+from ferpipe.models.memory_format import to_channels_last
 
 from . import checkpoint as ckpt_io
 from . import data as D
@@ -222,7 +223,7 @@ def fit(cfg: TrainConfig, shards: D.ShardSet, model_dir: str | Path, opts: RunOp
     model, kwargs = build_model(cfg, shards, cfg.seed)
     model.to(device)
     if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
+        to_channels_last(model)
     criterion = create_criterion(cfg.loss, num_classes, **cfg.loss_kwargs).to(device)
     params_list = trainable(model) + trainable(criterion)
     optimizer = build_optimizer(cfg.optimizer, params_list, lr=cfg.lr, weight_decay=cfg.weight_decay,
