@@ -35,6 +35,7 @@ __all__ = [
     "canonical_lookup",
     "get_label_space",
     "get_native_map",
+    "label_space_record",
     "numeric_folder_map",
     "space_kind",
     "to_canonical",
@@ -108,6 +109,23 @@ def get_label_space(name: str | int) -> LabelSpace:
         raise DataError(
             f"unknown label space {name!r}; choose one of {sorted(LABEL_SPACES)} (or 7 / 8 / 11)"
         ) from None
+
+
+def label_space_record(space: object) -> dict | None:
+    """``{"name", "classes"}`` of a label space as shards and checkpoints record it: a dict with
+    ``classes``, its JSON text, or a space's name (``"basic7"``); None when it names no classes.
+    An unknown name is a :class:`DataError`."""
+    if isinstance(space, Mapping) and "classes" in space:
+        return {"name": space.get("name", ""), "classes": list(space["classes"])}
+    if not isinstance(space, str):
+        return None
+    if space.lstrip().startswith("{"):
+        try:
+            return label_space_record(json.loads(space))
+        except ValueError:
+            pass  # not JSON after all: get_label_space names the choices
+    ls = get_label_space(space)
+    return {"name": ls.name, "classes": list(ls.classes)}
 
 
 def space_kind(space: LabelSpace) -> str:

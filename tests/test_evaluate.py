@@ -95,6 +95,24 @@ def test_intervals():
         assert macro_f1_statistic(present, 5)(*batch)[1] == pytest.approx(macro_f1_statistic(present, 5)(t[::-1], q))
 
 
+def test_macro_f1_is_the_confusion_matrix_formula():
+    """The macro-F1 the trainer logs and the evaluation reports (scikit-learn's) is 2tp / (row +
+    column) averaged over the classes present in the truth (the trainer's former hand-written
+    formula), on random label sets missing classes in the truth, the predictions or both."""
+    from ferpipe.evaluate.metrics import macro_f1
+
+    for seed in range(40):
+        r = np.random.default_rng(seed)
+        n = int(r.integers(1, 80))
+        t, q = r.integers(0, 7, n) % (1 + seed % 7), r.integers(0, 7, n) % (1 + seed // 6)
+        conf = np.zeros((7, 7), np.int64)
+        np.add.at(conf, (t, q), 1)
+        tp, den, present = np.diag(conf), conf.sum(0) + conf.sum(1), conf.sum(1) > 0
+        assert macro_f1(t, q) == pytest.approx(float(np.mean(2 * tp[present] / den[present])), abs=1e-12)
+    assert macro_f1([1, 1, 2], [1, 1, 2]) == 1.0 and macro_f1([3, 3], [0, 0]) == 0.0
+    assert np.isnan(macro_f1([], []))
+
+
 def test_robustness_binning():
     edges = [0.0, 0.1, 0.3, 1.0]
     assert assign_bins([0.0, 0.05, 0.1, 0.29, 0.3, 1.0, 1.2, -0.1], edges).tolist() == [0, 0, 1, 1, 2, 2, -1, -1]

@@ -380,3 +380,18 @@ def test_sfew_wrapper_folder(tmp_path):
     _img(tmp_path / "Train/Train_Aligned_Faces/Angry/a.png", fmt="PNG")
     res = READERS["sfew"](tmp_path)
     assert [r.path for r in res.records] == ["Train/Train_Aligned_Faces/Angry/a.png"]
+
+
+def test_fold_splits_deal_each_group_into_one_test_fold():
+    from ferpipe.sources.records import fold_splits
+
+    groups = [f"S{i:03d}" for i in range(23)]
+    tests = [{g for g, s in fold_splits(groups, 5, f, seed=3, what="ckplus").items() if s == "test"}
+             for f in range(5)]
+    assert set().union(*tests) == set(groups) and sum(map(len, tests)) == len(groups)  # a partition
+    assert {len(t) for t in tests} == {4, 5}
+    assert fold_splits(groups, 5, 2, seed=3, what="ckplus") == fold_splits(groups[::-1], 5, 2, seed=3, what="ckplus")
+    with pytest.raises(DataError, match=r"ckplus: download.fold=5 is not in 0\.\.4"):
+        fold_splits(groups, 5, 5, seed=3, what="ckplus")
+    with pytest.raises(DataError, match="cannot make download.folds=30"):
+        fold_splits(groups, 30, 0, seed=3, what="ckplus")

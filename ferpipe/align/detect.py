@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from ferpipe.align.params import AlignParams
+from ferpipe.devices import resolve_device
 
 # MTCNN's pyramid factor (facenet-pytorch's default); min face sizes are snapped onto it.
 PYRAMID_FACTOR = 0.709
@@ -61,17 +62,6 @@ def snapped_min_face_size(det_w: int, det_h: int, frac: float, floor: int,
     return floor / factor**k
 
 
-def resolve_device(device: str) -> str:
-    import torch  # noqa: PLC0415
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("align.device is 'cuda' but torch sees no CUDA device; use 'auto' "
-                           "or 'cpu'")
-    return device
-
-
 def _channels_last(net):
     """``net`` fed channels-last tensors. MTCNN's small convs and ceil-mode max pools run
     2-2.5x faster in that layout on the CPU (max pooling 9x); conv sums change only in the
@@ -110,7 +100,8 @@ class FaceDetector:
 
     def __init__(self, params: AlignParams):
         self.params = params
-        self.device = resolve_device(params.device)
+        # A string: _mtcnn caches the nets per device name.
+        self.device = str(resolve_device(params.device, "align.device"))
         self.mtcnn = _mtcnn(self.device, tuple(params.thresholds), params.channels_last)
 
     def min_face_size(self, w: int, h: int) -> float:

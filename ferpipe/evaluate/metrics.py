@@ -103,6 +103,15 @@ def mean_class_accuracy_statistic(n_classes: int) -> Callable[..., np.ndarray]:
     return f
 
 
+def macro_f1(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
+    """Macro-F1 over the classes present in ``y_true`` (a present class never predicted right
+    counts 0): the figure the trainer logs and the evaluation reports; nan with no samples."""
+    present = np.unique(np.asarray(y_true, int))
+    if not len(present):
+        return float("nan")
+    return float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0))
+
+
 def _mean_class_accuracy(t: np.ndarray, p: np.ndarray) -> float:
     with warnings.catch_warnings():
         # "y_pred contains classes not in y_true": expected on small subsets; the mean is over
@@ -144,7 +153,7 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes
         "mean_class_accuracy": _num(_mean_class_accuracy(y_true, y_pred)),
         "mean_class_accuracy_ci95": bootstrap_interval(mean_class_accuracy_statistic(len(classes)), pair,
                                                        n_resamples, seed, vectorized=True),
-        "macro_f1": _num(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+        "macro_f1": _num(macro_f1(y_true, y_pred)),
         "macro_f1_ci95": bootstrap_interval(macro_f1_statistic(present, len(classes)), pair, n_resamples, seed,
                                             vectorized=True),
         "per_class": per_class,

@@ -16,8 +16,6 @@ A checkpoint whose label map differs from an evaluation set's is refused
 
 from __future__ import annotations
 
-import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -26,6 +24,7 @@ import numpy as np
 
 from ferpipe import shards as _shards
 from ferpipe.errors import FerpipeError
+from ferpipe.labels import label_space_record
 
 
 class LabelMapMismatchError(FerpipeError):
@@ -53,30 +52,17 @@ class Predictor(Protocol):
     def predict(self, urls: Sequence[str]) -> Predictions: ...
 
 
-def _space_dict(space: Any) -> dict[str, Any] | None:
-    if isinstance(space, dict) and "classes" in space:
-        return {"name": space.get("name", ""), "classes": list(space["classes"])}
-    if isinstance(space, str):
-        if space.lstrip().startswith("{"):
-            return _space_dict(json.loads(space))
-        from ferpipe.labels import get_label_space  # noqa: PLC0415
-
-        ls = get_label_space(space)
-        return {"name": ls.name, "classes": list(ls.classes)}
-    return None
-
-
 def shards_label_space(urls: Sequence[str]) -> dict[str, Any] | None:
     """The label space recorded in the first sample's json (dict, JSON text or a space name)."""
     meta = _shards.first_sample_json(urls)
-    return None if meta is None else _space_dict(meta.get("label_space"))
+    return None if meta is None else label_space_record(meta.get("label_space"))
 
 
 def check_label_map(model_space: Any, data_space: Any, model_what: str = "checkpoint",
                     data_what: str = "evaluation set") -> None:
     """Raise :class:`LabelMapMismatchError` unless both spaces list the same classes in the same
     order; the message shows both maps index by index."""
-    m, d = _space_dict(model_space), _space_dict(data_space)
+    m, d = label_space_record(model_space), label_space_record(data_space)
     if m is None:
         raise LabelMapMismatchError(f"{model_what} has no label map; it cannot be evaluated")
     if d is None:
@@ -102,7 +88,7 @@ class CheckpointPredictor:
 
         self.path = Path(path)
         self.ckpt = load(self.path)
-        self.label_space = _space_dict(self.ckpt["label_space"])
+        self.label_space = label_space_record(self.ckpt["label_space"])
         if expected_label_space is not None:
             check_label_map(self.label_space, expected_label_space, f"checkpoint {self.path.name}")
         self.device_name, self.batch_size, self.num_workers = device, batch_size, num_workers

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ferpipe._registry import Registry
 from ferpipe.errors import ConfigError
 
 from .schedule import orsanet_loss_schedule
@@ -95,26 +96,20 @@ def _ce_schedule(epoch: int, label_smoothing: float = 0.0):
     return lambda logits, target: F.cross_entropy(logits, target, label_smoothing=label_smoothing)
 
 
-_CRITERIA: dict[str, Callable[..., Criterion]] = {}
+_CRITERIA: Registry[Callable[..., Criterion]] = Registry("loss", ConfigError, "train.loss")
 
 
 def register_criterion(name: str, factory: Callable[..., Criterion]) -> Callable[..., Criterion]:
     """Register ``factory(num_classes, **loss_kwargs) -> Criterion`` under ``name``."""
-    if name in _CRITERIA and _CRITERIA[name] is not factory:
-        raise ValueError(f"criterion {name!r} is registered twice")
-    _CRITERIA[name] = factory
-    return factory
+    return _CRITERIA.register(name, factory)
 
 
 def list_criteria() -> list[str]:
-    return sorted(_CRITERIA)
+    return _CRITERIA.names()
 
 
 def create_criterion(name: str, num_classes: int, **loss_kwargs) -> Criterion:
-    try:
-        factory = _CRITERIA[name]
-    except KeyError:
-        raise ConfigError(f"train.loss: unknown loss {name!r}; known: {', '.join(list_criteria())}") from None
+    factory = _CRITERIA.lookup(name)
     try:
         return factory(num_classes, **loss_kwargs)
     except TypeError as exc:

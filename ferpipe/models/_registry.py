@@ -6,12 +6,12 @@ nothing outside this package branches on model names.
 
 from __future__ import annotations
 
-import fnmatch
 from typing import Callable
 
+from ferpipe._registry import Registry
 from ferpipe.errors import ConfigError
 
-_MODELS: dict[str, Callable] = {}
+_MODELS: Registry[Callable] = Registry("model", ConfigError)
 
 
 def register_model(fn: Callable | None = None, *, name: str | None = None):
@@ -21,18 +21,14 @@ def register_model(fn: Callable | None = None, *, name: str | None = None):
     """
 
     def _add(f: Callable) -> Callable:
-        key = name or f.__name__
-        if key in _MODELS and _MODELS[key] is not f:
-            raise ValueError(f"model {key!r} is registered twice")
-        _MODELS[key] = f
-        return f
+        return _MODELS.register(name or f.__name__, f)
 
     return _add(fn) if fn is not None else _add
 
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a shell-style ``pattern``, sorted."""
-    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+    return _MODELS.names(pattern)
 
 
 def is_model(name: str) -> bool:
@@ -40,9 +36,4 @@ def is_model(name: str) -> bool:
 
 
 def model_entrypoint(name: str) -> Callable:
-    try:
-        return _MODELS[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown model {name!r}; registered models: {', '.join(list_models())}"
-        ) from None
+    return _MODELS.lookup(name)

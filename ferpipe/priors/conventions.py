@@ -23,29 +23,16 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from ferpipe.ibug68 import FLIP, NUM_POINTS
 from ferpipe.models.segface import LAPA_CLASSES
 
 NUM_CLASSES = len(LAPA_CLASSES)
-NUM_POINTS = 68
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _ibug_flip() -> np.ndarray:
-    pairs = [(i, 16 - i) for i in range(8)]  # jaw
-    pairs += [(17 + i, 26 - i) for i in range(5)]  # brows
-    pairs += [(31, 35), (32, 34)]  # nose base
-    pairs += [(36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46)]  # eyes
-    pairs += [(48, 54), (49, 53), (50, 52), (55, 59), (56, 58)]  # outer lip
-    pairs += [(60, 64), (61, 63), (65, 67)]  # inner lip
-    perm = np.arange(NUM_POINTS)
-    for a, b in pairs:
-        perm[a], perm[b] = b, a
-    return perm
-
-
 #: ``flipped[i] = mirrored[IBUG68_FLIP[i]]``: the mirror partner of every iBUG point.
-IBUG68_FLIP = _ibug_flip()
+IBUG68_FLIP = FLIP
 #: Class relabelling of a mirrored LaPa map: left/right brow and eye swap.
 LAPA_FLIP = np.array([0, 1, 3, 2, 5, 4, 6, 7, 8, 9, 10], dtype=np.uint8)
 

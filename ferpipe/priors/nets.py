@@ -200,19 +200,18 @@ def load_prior_net(path: str | os.PathLike, arch: str) -> PriorNet:
     return model.eval()
 
 
-@register_model(name=PARSER_ARCH)
-def ferpipe_face_parser(checkpoint=None, widths=(24, 48, 96, 192), input_size: int = 112,
-                        ) -> PriorNet:
-    """ferpipe's small LaPa parser; ``checkpoint``: a ``parser.pt`` from `ferpipe prior-nets`."""
-    if checkpoint is not None:
-        return load_prior_net(checkpoint, PARSER_ARCH)
-    return PriorNet("parser", widths, input_size)
+def _register_prior_net(arch: str, task: str, file_name: str) -> None:
+    """Register ``arch``: a fresh net of ``task``, or (``checkpoint``) the one `ferpipe prior-nets` wrote."""
+
+    def factory(checkpoint=None, widths=(24, 48, 96, 192), input_size: int = 112) -> PriorNet:
+        if checkpoint is not None:
+            return load_prior_net(checkpoint, arch)
+        return PriorNet(task, widths, input_size)
+
+    factory.__name__ = factory.__qualname__ = arch
+    factory.__doc__ = f"{_WHAT[arch]}; ``checkpoint``: a ``{file_name}`` from `ferpipe prior-nets`."
+    register_model(factory, name=arch)
 
 
-@register_model(name=LANDMARK_ARCH)
-def ferpipe_landmarks68(checkpoint=None, widths=(24, 48, 96, 192), input_size: int = 112,
-                        ) -> PriorNet:
-    """ferpipe's small 68-point net; ``checkpoint``: a ``landmarks.pt`` from `ferpipe prior-nets`."""
-    if checkpoint is not None:
-        return load_prior_net(checkpoint, LANDMARK_ARCH)
-    return PriorNet("landmarks", widths, input_size)
+_register_prior_net(PARSER_ARCH, "parser", "parser.pt")
+_register_prior_net(LANDMARK_ARCH, "landmarks", "landmarks.pt")

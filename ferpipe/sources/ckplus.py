@@ -18,19 +18,9 @@ import os
 from pathlib import Path
 
 from ferpipe.errors import DataError
-from ferpipe.sources.records import (
-    IMAGE_EXTENSIONS,
-    Problem,
-    RawRecord,
-    ReaderResult,
-    _sorted_dirs,
-    finalize,
-    find_layout_root,
-    landmarks68_to_5,
-    make_key,
-    rel,
-    subject_folds,
-)
+from ferpipe.sources.records import IMAGE_EXTENSIONS, Problem, RawRecord, ReaderResult, _sorted_dirs
+from ferpipe.sources.records import finalize, find_layout_root, fold_splits, landmarks68_to_5, make_key
+from ferpipe.sources.records import missing_dir, rel
 
 IMAGES = "cohn-kanade-images"
 EMOTION = "Emotion"
@@ -44,10 +34,8 @@ def read_ckplus(root: str | os.PathLike, *, last_frames: int = 3, neutral_first:
         raise DataError(f"ckplus: download.ckplus_last_frames must be >= 1, got {last_frames}")
     base = find_layout_root(root, (IMAGES,), "ckplus")
     if not (base / EMOTION).is_dir():
-        raise DataError(
-            f"ckplus: {rel(root, base / EMOTION) if base != root else EMOTION}/ is missing: CK+'s "
-            f"labels come in Emotion_labels.zip, unpacked beside {IMAGES}/ (Emotion/S005/001/"
-            f"S005_001_00000011_emotion.txt)")
+        raise missing_dir("ckplus", root, base / EMOTION, f"CK+'s labels come in Emotion_labels.zip, unpacked "
+                          f"beside {IMAGES}/ (Emotion/S005/001/S005_001_00000011_emotion.txt)")
     problems: list[Problem] = []
     warnings: list[Problem] = []
     picked: list[tuple[str, str, Path, str, Path | None]] = []  # subject, seq, frame, label, lmk
@@ -94,15 +82,13 @@ def read_ckplus(root: str | os.PathLike, *, last_frames: int = 3, neutral_first:
                 picked.append((subject, seq, f, lab, lmk if lmk.is_file() else None))
     if not picked:
         raise DataError(f"ckplus: no labelled sequence under {rel(root, base / IMAGES)}")
-    fold_of = subject_folds({p[0] for p in picked}, folds, seed, "ckplus")
-    if not 0 <= fold < folds:
-        raise DataError(f"ckplus: download.fold={fold} is not in 0..{folds - 1}")
+    split_of = fold_splits({p[0] for p in picked}, folds, fold, seed, "ckplus")
     records: list[RawRecord] = []
     for subject, seq, frame, label, lmk_file in picked:
         pts = _landmarks(lmk_file, root, warnings) if lmk_file else None
         records.append(RawRecord(
             make_key(subject, seq, frame.stem.rsplit("_", 1)[-1]),
-            "test" if fold_of[subject] == fold else "train", rel(root, frame), label,
+            split_of[subject], rel(root, frame), label,
             landmarks68_to_5(list(pts)) if pts else None, landmarks=pts))
     return ReaderResult("ckplus", "ckplus", finalize("ckplus", records), problems, "basic8",
                         warnings)

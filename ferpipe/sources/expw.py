@@ -17,18 +17,8 @@ from pathlib import Path
 
 from ferpipe.errors import DataError
 from ferpipe.labels import get_native_map
-from ferpipe.sources.records import (
-    Problem,
-    RawRecord,
-    ReaderResult,
-    finalize,
-    find_layout_root,
-    listdir_set,
-    make_key,
-    rel,
-    subject_folds,
-    xyxy,
-)
+from ferpipe.sources.records import Problem, RawRecord, ReaderResult, finalize, find_layout_root
+from ferpipe.sources.records import fold_splits, listdir_set, make_key, missing_dir, rel, xyxy
 
 LABEL_FILE = "label/label.lst"
 IMAGE_DIR = "image/origin"
@@ -44,9 +34,8 @@ def read_expw(root: str | os.PathLike, *, folds: int = 10, fold: int = 0,
     present = listdir_set(img_dir)
     lf = rel(root, label_file)
     if not present:
-        raise DataError(
-            f"expw: {rel(root, img_dir)}/ is missing or empty; the release unpacks its "
-            f"image/origin.7z.* parts into image/origin/ beside label/")
+        raise missing_dir("expw", root, img_dir, "the release unpacks its image/origin.7z.* parts into "
+                                                 "image/origin/ beside label/")
     nmap = get_native_map("expw")
     rows: list[tuple[str, str, str, str, tuple[float, ...] | None]] = []
     problems: list[Problem] = []
@@ -89,12 +78,9 @@ def read_expw(root: str | os.PathLike, *, folds: int = 10, fold: int = 0,
             rows.append((name, face_id, path, label, box))
     if not rows:
         raise DataError(f"expw: {lf} lists no usable face")
-    fold_of = subject_folds({r[0] for r in rows}, folds, seed, "expw")
-    if not 0 <= fold < folds:
-        raise DataError(f"expw: download.fold={fold} is not in 0..{folds - 1}")
+    split_of = fold_splits({r[0] for r in rows}, folds, fold, seed, "expw")
     records = [
-        RawRecord(make_key(name.rsplit(".", 1)[0], face_id),
-                  "test" if fold_of[name] == fold else "train", path, label, bbox=box)
+        RawRecord(make_key(name.rsplit(".", 1)[0], face_id), split_of[name], path, label, bbox=box)
         for name, face_id, path, label, box in rows
     ]
     return ReaderResult("expw", "expw", finalize("expw", records), problems, "basic7")

@@ -19,17 +19,8 @@ from pathlib import Path
 
 from ferpipe.errors import DataError
 from ferpipe.labels import get_native_map
-from ferpipe.sources.records import (
-    Problem,
-    RawRecord,
-    ReaderResult,
-    finalize,
-    find_layout_root,
-    listdir_set,
-    make_key,
-    rel,
-    xyxy,
-)
+from ferpipe.sources.records import Problem, RawRecord, ReaderResult, finalize, find_layout_root
+from ferpipe.sources.records import listdir_set, make_key, missing_dir, rel, xyxy
 
 LABEL_FILE = "EmoLabel/list_patition_label.txt"
 _LABEL_FILE_FIXED = "EmoLabel/list_partition_label.txt"  # in case a repack fixed the spelling
@@ -101,10 +92,8 @@ def read_rafdb(root: str | os.PathLike, *, images: str = "original",
     box_dir = base / "Annotation" / "boundingbox"
     box_present = listdir_set(box_dir) if images == "original" else set()
     if not present:
-        raise DataError(
-            f"rafdb: image folder {rel(root, img_dir)} is missing or empty "
-            f"(download.rafdb_images={images!r}); the release has Image/original/ and "
-            f"Image/aligned/ beside EmoLabel/")
+        raise missing_dir("rafdb", root, img_dir, f"download.rafdb_images is {images!r}; the release has "
+                                                  f"Image/original/ and Image/aligned/ beside EmoLabel/")
 
     records: list[RawRecord] = []
     problems: list[Problem] = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ferpipe._registry import Registry
 from ferpipe.errors import DataError
 from ferpipe.sources.affectnet import read_affectnet
 from ferpipe.sources.ckplus import read_ckplus
@@ -22,22 +23,10 @@ __all__ = ["READERS", "Problem", "RawRecord", "ReaderResult", "Reader", "get_rea
 
 Reader = Callable[..., ReaderResult]
 
-READERS: dict[str, Reader] = {
-    "rafdb": read_rafdb,
-    "affectnet": read_affectnet,
-    "ferplus": read_ferplus,
-    "sfew": read_sfew,
-    "occlufer": read_occlufer,
-    "imagefolder": read_imagefolder,
-    "expw": read_expw,
-    "ckplus": read_ckplus,
-}
+READERS: Registry[Reader] = Registry("dataset format", DataError, "download.format")
+READERS.update(rafdb=read_rafdb, affectnet=read_affectnet, ferplus=read_ferplus, sfew=read_sfew,
+               occlufer=read_occlufer, imagefolder=read_imagefolder, expw=read_expw, ckplus=read_ckplus)
 
 
 def get_reader(name: str) -> Reader:
-    try:
-        return READERS[name]
-    except KeyError:
-        raise DataError(
-            f"unknown dataset format {name!r}; choose one of {', '.join(sorted(READERS))}"
-        ) from None
+    return READERS.lookup(name)

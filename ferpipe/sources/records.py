@@ -272,11 +272,11 @@ def read_class_tree(
     return records, problems, warnings, classes
 
 
-def subject_folds(groups: set[str] | list[str], folds: int, seed: int, what: str,
-                  ) -> dict[str, int]:
-    """``{group: fold}``: groups (subjects, source images) sorted, permuted by a generator seeded
-    with ``seed``, dealt round-robin into ``folds`` folds. Everything of one group lands in one
-    fold, so a test fold never shares a subject (or a photo) with training."""
+def fold_splits(groups: set[str] | list[str], folds: int, fold: int, seed: int, what: str) -> dict[str, str]:
+    """``{group: "train" | "test"}``: groups (subjects, source images) sorted, permuted by a
+    generator seeded with ``seed`` and dealt round-robin into ``folds`` folds; fold ``fold`` is
+    the test split. Everything of one group lands in one fold, so the test split never shares a
+    subject (or a photo) with training."""
     import numpy as np
 
     order = sorted(set(groups))
@@ -284,5 +284,12 @@ def subject_folds(groups: set[str] | list[str], folds: int, seed: int, what: str
         raise DataError(
             f"{what}: {len(order)} groups cannot make download.folds={folds} folds "
             f"(need 2 <= folds <= {len(order)})")
+    if not 0 <= fold < folds:
+        raise DataError(f"{what}: download.fold={fold} is not in 0..{folds - 1}")
     perm = np.random.default_rng(seed).permutation(len(order))
-    return {order[int(j)]: i % folds for i, j in enumerate(perm)}
+    return {order[int(j)]: "test" if i % folds == fold else "train" for i, j in enumerate(perm)}
+
+
+def missing_dir(what: str, root: Path, path: Path, hint: str) -> DataError:
+    """The error for a release folder that is missing or empty, saying where the release keeps it."""
+    return DataError(f"{what}: {rel(root, path)}/ is missing or empty; {hint}")

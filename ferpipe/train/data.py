@@ -50,6 +50,7 @@ inside it as "no class" (255).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import io
@@ -71,6 +72,7 @@ from PIL import Image
 
 from ferpipe import shards as _shards
 from ferpipe.errors import DataError
+from ferpipe.labels import label_space_record
 from ferpipe.orphans import exit_with
 
 # --- named constants (the release's values) ---------------------------------------------------
@@ -114,16 +116,9 @@ class ShardSet:
 
 
 def _first_sample(url: str) -> dict[str, bytes]:
-    sample: dict[str, bytes] = {}
-    key = None
-    for name, data in _shards.iter_tar_members(url):
-        k, _, ext = name.partition(".")
-        if key is None:
-            key = k
-        elif k != key:
-            break
-        sample[ext] = data
-    return sample
+    """{extension: bytes} of the shard's first sample (no member after it is read)."""
+    with contextlib.closing(_shards.iter_tar_samples(url)) as samples:
+        return next(samples, ("", {}))[1]
 
 
 def probe_shards(root: str | Path, splits: Sequence[str] = SPLITS) -> ShardSet:
@@ -154,31 +149,20 @@ def probe_shards(root: str | Path, splits: Sequence[str] = SPLITS) -> ShardSet:
             "none": ()}[kind]
     if [e for e in need if e not in first]:
         raise DataError(f"{root}: priors kind {kind!r} needs members {need}; first sample has {sorted(first)}")
-    space = meta.get("label_space")
-    if isinstance(space, str):  # the align stage records the space's name ("basic7")
-        try:
-            space = json.loads(space) if space.lstrip().startswith("{") else None
-        except ValueError:
-            space = None
-        if space is None:
-            from ferpipe.labels import get_label_space
-
-            ls = get_label_space(meta["label_space"])
-            space = {"name": ls.name, "classes": list(ls.classes)}
-    if not space or "classes" not in space:
+    space = label_space_record(meta.get("label_space"))  # the align stage records a name ("basic7")
+    if space is None:
         raise DataError(f"{root}: sample json has no label_space {{name, classes}}; a model without a "
                         f"label map cannot be evaluated")
     size = Image.open(io.BytesIO(first["jpg"])).size[0]
     facts: dict[str, Any] = {"prior_kind": kind, "image_size": size, "num_classes": len(space["classes"])}
     if kind == "features":
-        lmk = np.load(io.BytesIO(first["lmk.npy"]))
-        seg = np.load(io.BytesIO(first["seg.npy"]))
+        lmk, seg = _shards.decode_npy(first["lmk.npy"]), _shards.decode_npy(first["seg.npy"])
         if lmk.ndim != 4 or seg.ndim != 4 or lmk.shape[0] != 2 or seg.shape[0] != 2:
             raise DataError(f"{root}: features priors must be [2,C,g,g] (two views), got lmk {lmk.shape} "
                             f"seg {seg.shape}")
         facts.update(lmk_channels=int(lmk.shape[1]), seg_channels=int(seg.shape[1]))
     return ShardSet(root=root, prior_kind=kind, image_size=size,
-                    label_space={"name": space.get("name", ""), "classes": list(space["classes"])},
+                    label_space=space,
                     counts=counts, index_sha256=hashes, prior_meta=pri, facts=facts)
 
 
@@ -382,10 +366,6 @@ def _decode_image(data: bytes, size: int) -> tuple[np.ndarray, int]:
     return np.asarray(img, dtype=np.uint8), src
 
 
-def _npy(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data))
-
-
 def _png(data: bytes) -> np.ndarray:
     a = _shards.decode_png(data)  # lossless: the same values as PIL's, ~1.5x faster
     if a is None or a.ndim != 2:
@@ -517,15 +497,15 @@ def transform_sample(s: dict[str, Any], aug: Augment) -> tuple:
                         f"train a model without priors")
 
     if aug.prior_kind == "features":
-        lmk = torch.from_numpy(np.array(_npy(s["lmk.npy"])[view]))
-        seg = torch.from_numpy(np.array(_npy(s["seg.npy"])[view]))
+        lmk = torch.from_numpy(np.array(_shards.decode_npy(s["lmk.npy"])[view]))
+        seg = torch.from_numpy(np.array(_shards.decode_npy(s["seg.npy"])[view]))
         if box is not None and aug.erase_priors == "zero":
             for t in (lmk, seg):
                 t[:, _cells(box, aug.img_size, t.shape[-2], axis=0)[:, None],
                   _cells(box, aug.img_size, t.shape[-1], axis=1)[None, :]] = 0
         priors = (lmk, seg)
     elif aug.prior_kind == "maps":
-        pts = np.array(_npy(s["landmarks.npy"])[view], dtype=np.float32)
+        pts = np.array(_shards.decode_npy(s["landmarks.npy"])[view], dtype=np.float32)
         if src != aug.img_size:
             pts *= aug.img_size / src
         parsing = _png(s["parsing_flip.png" if flip else "parsing.png"]).copy()

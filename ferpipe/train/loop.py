@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ferpipe.devices import resolve_device
 from ferpipe.errors import ConfigError, FerpipeError
 from ferpipe.losses.criterion import Criterion, EpochContext, create_criterion, logits_of
 from ferpipe.models import create_model
@@ -94,14 +95,6 @@ class TrainResult:
 # --- helpers ----------------------------------------------------------------------------------------
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda requested but no CUDA device is available")
-    return torch.device(name)
-
-
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None
@@ -139,37 +132,33 @@ def build_model(cfg: TrainConfig, shards: D.ShardSet, seed: int) -> tuple[nn.Mod
     return model, kwargs
 
 
-def macro_f1(conf: np.ndarray) -> float:
-    tp = np.diag(conf).astype(float)
-    denom = conf.sum(0) + conf.sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        f1 = np.where(denom > 0, 2 * tp / denom, np.nan)
-    present = conf.sum(1) > 0
-    return float(np.nanmean(f1[present])) if present.any() else float("nan")
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, urls: Sequence[str], aug: D.Augment, num_classes: int, batch_size: int,
              num_workers: int, device: torch.device, amp_dtype=None, channels_last: bool = False) -> dict[str, Any]:
     """Top-1 accuracy, macro-F1, mean CE loss and the confusion matrix over a whole split."""
+    from sklearn.metrics import confusion_matrix  # noqa: PLC0415  (importing the loop stays lighter)
+
+    from ferpipe.evaluate.metrics import macro_f1  # noqa: PLC0415
+
     was_training = model.training
     model.eval()
-    conf = np.zeros((num_classes, num_classes), np.int64)
+    truth, preds = [], []
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    n = 0
     loader = D.make_loader(D.eval_pipeline(urls, aug, batch_size), D.eval_workers(urls, num_workers))
     for batch in loader:
         img, priors, y = _to_device(batch, device, channels_last, device.type == "cuda")
         with _autocast(device, amp_dtype):
             logits = predict_logits(model, img, priors)
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
-        pred = logits.argmax(1).cpu().numpy()
-        np.add.at(conf, (batch["label"].numpy(), pred), 1)
-        n += len(pred)
+        truth.append(batch["label"].numpy())
+        preds.append(logits.argmax(1).cpu().numpy())
     model.train(was_training)
-    acc = float(np.trace(conf) / max(n, 1))
-    return {"acc": acc, "macro_f1": macro_f1(conf), "loss": float(loss_sum.item() / max(n, 1)), "n": n,
-            "confusion": conf.tolist()}
+    y_true = np.concatenate(truth) if truth else np.zeros(0, np.int64)
+    y_pred = np.concatenate(preds) if preds else np.zeros(0, np.int64)
+    n = len(y_true)
+    conf = confusion_matrix(y_true, y_pred, labels=np.arange(num_classes))
+    return {"acc": float(np.trace(conf) / max(n, 1)), "macro_f1": macro_f1(y_true, y_pred),
+            "loss": float(loss_sum.item() / max(n, 1)), "n": n, "confusion": conf.tolist()}
 
 
 def predict_logits(model: nn.Module, img: torch.Tensor, priors: Sequence[torch.Tensor] = ()) -> torch.Tensor:
@@ -198,24 +187,110 @@ def _autocast(device: torch.device, dtype):
 # --- the loop ------------------------------------------------------------------------------------------
 
 
+@dataclass
+class _Run:
+    """What one :func:`fit` call builds once (:func:`_setup`) and the parts of the loop share and
+    advance: the network and its optimisation state, the data, and the run's record so far."""
+
+    cfg: TrainConfig
+    shards: D.ShardSet
+    opts: RunOptions
+    model_dir: Path
+    rank: int
+    world: int
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    model: nn.Module
+    kwargs: dict[str, Any]
+    criterion: Criterion
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    generator: torch.Generator
+    config: dict[str, Any]
+    index: D.SampleIndex
+    base_aug: D.Augment
+    t_start: float
+    net: nn.Module | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"metric": SELECT_METRIC, "value": -math.inf, "epoch": 0})
+    start_epoch: int = 1
+    resumed_from: int | None = None
+    reads: list[tuple[int, str]] = field(default_factory=list)
+    seen: list[str] = field(default_factory=list)
+    images: int = 0
+
+    @property
+    def num_classes(self) -> int:
+        return self.shards.num_classes
+
+    @property
+    def resampled(self) -> bool:
+        # DDP ranks draw from resampled shards so that every rank runs the same number of steps.
+        return self.world > 1
+
+    @property
+    def last_path(self) -> Path:
+        return self.model_dir / ckpt_io.LAST
+
+    def aug_at(self, epoch: int) -> D.Augment:
+        return D.Augment(**{**self.base_aug.__dict__, "epoch": epoch})
+
+    def evaluate_on(self, urls: Sequence[str], aug: D.Augment) -> dict[str, Any]:
+        return evaluate(self.model, urls, aug, self.num_classes, self.cfg.eval_batch_size, self.opts.num_workers,
+                        self.device, self.amp_dtype, self.cfg.channels_last)
+
+    def result(self, test: dict[str, Any], val_at_best: dict[str, Any], digest: str, **kw) -> TrainResult:
+        return TrainResult(model_dir=self.model_dir, epochs=self.cfg.epochs, best=self.best, history=self.history,
+                           test=test, val_at_best=val_at_best, resumed_from=self.resumed_from,
+                           seconds=time.perf_counter() - self.t_start, images=self.images,
+                           label_space=self.shards.label_space, model_kwargs=self.kwargs, reads=self.reads,
+                           seen_keys=self.seen, weights_sha256=digest, rank=self.rank, world=self.world, **kw)
+
+
 def fit(cfg: TrainConfig, shards: D.ShardSet, model_dir: str | Path, opts: RunOptions | None = None,
         params: dict[str, Any] | None = None, preprocess: dict[str, Any] | None = None) -> TrainResult:
     """Train ``cfg`` on ``shards``; checkpoints in ``model_dir``; returns the final metrics.
     ``preprocess`` (:func:`ferpipe.train.checkpoint.preprocess_record`) is stored as is."""
-    opts = opts or RunOptions()
-    t_start = time.perf_counter()
-    model_dir = Path(model_dir)
+    run = _setup(cfg, shards, Path(model_dir), opts or RunOptions(), time.perf_counter())
+    _resume(run)
+    run.net = _wrap_for_training(run)
+    loader = _train_loader(run)
+    # The persistent workers stop here whatever happens (an early stop, a NaN loss), not when
+    # the loader is garbage-collected: a long process (a test session) would pile them up.
+    try:
+        for epoch in range(run.start_epoch, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            aug = run.aug_at(epoch)
+            n_seen, loss_sum, train_images_per_s = _train_epoch(run, loader, epoch)
+            _end_epoch(run, epoch, aug)
+            run.images += n_seen
+            val, info = _validate(run, epoch, aug, t0, n_seen, float(loss_sum.item() / max(n_seen, 1)),
+                                  train_images_per_s)
+            if run.rank == 0:
+                _save_checkpoints(run, epoch, val, info["improved"], params, preprocess)
+            _after_epoch(run, info)
+            if run.opts.stop_after_epoch is not None and run.opts.stop_after_epoch <= epoch < cfg.epochs:
+                return run.result({}, {}, state_digest(run.model), completed=False)
+    finally:
+        loader.close()
+    digest = state_digest(run.model)
+    _check_ranks_agree(run, digest)
+    return _final_test(run, digest)
+
+
+def _setup(cfg: TrainConfig, shards: D.ShardSet, model_dir: Path, opts: RunOptions, t_start: float) -> _Run:
+    """Device, model, loss, optimiser, scheduler, scaler, seeds and the training index, in the
+    order (and so with the RNG draws) every checkpoint of this trainer was made with."""
     rank, world = _dist_info()
-    device = resolve_device(opts.device)
+    device = resolve_device(opts.device, "train.device")
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
     if opts.threads:
         torch.set_num_threads(opts.threads)
     amp_dtype = resolve_amp(cfg.amp, device)
-    num_classes = shards.num_classes
     if cfg.sampler not in ("rebalance", "shuffle"):
         raise ConfigError(f"train.sampler: {cfg.sampler!r}; use rebalance or shuffle")
-
     prior_kind = shards.prior_kind if cfg.priors else "none"
     if prior_kind != "none" and (cfg.train_crop != "none" or cfg.test_crop != "none"):
         raise ConfigError(f"train: crops ({cfg.train_crop}/{cfg.test_crop}) cannot be used with cached "
@@ -224,202 +299,221 @@ def fit(cfg: TrainConfig, shards: D.ShardSet, model_dir: str | Path, opts: RunOp
     model.to(device)
     if cfg.channels_last:
         to_channels_last(model)
-    criterion = create_criterion(cfg.loss, num_classes, **cfg.loss_kwargs).to(device)
-    params_list = trainable(model) + trainable(criterion)
-    optimizer = build_optimizer(cfg.optimizer, params_list, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                momentum=cfg.momentum, sam_rho=cfg.sam_rho, device=device,
-                                fused=opts.fused_optimizer)
+    criterion = create_criterion(cfg.loss, shards.num_classes, **cfg.loss_kwargs).to(device)
+    optimizer = build_optimizer(cfg.optimizer, trainable(model) + trainable(criterion), lr=cfg.lr,
+                                weight_decay=cfg.weight_decay, momentum=cfg.momentum, sam_rho=cfg.sam_rho,
+                                device=device, fused=opts.fused_optimizer)
     scheduler = build_scheduler(cfg.scheduler, optimizer, epochs=cfg.epochs, gamma=cfg.gamma,
                                 warmup_epochs=cfg.warmup_epochs, milestones=cfg.milestones)
     use_scaler = amp_dtype == torch.float16 and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # dropout / drop-path draw from the global RNG; saved in checkpoints
+    return _Run(cfg=cfg, shards=shards, opts=opts, model_dir=model_dir, rank=rank, world=world, device=device,
+                amp_dtype=amp_dtype, model=model, kwargs=kwargs, criterion=criterion, optimizer=optimizer,
+                scheduler=scheduler, scaler=scaler, generator=generator, config=cfg.to_dict(),
+                index=D.build_index(shards.urls("train")), base_aug=D.augment_for(cfg.to_dict(), prior_kind),
+                t_start=t_start)
 
-    config = cfg.to_dict()
-    train_urls, val_urls, test_urls = shards.urls("train"), shards.urls("val"), shards.urls("test")
-    index = D.build_index(train_urls)
-    class_counts = index.class_counts(num_classes)
-    history: list[dict[str, Any]] = []
-    best = {"metric": SELECT_METRIC, "value": -math.inf, "epoch": 0}
-    start_epoch, resumed_from = 1, None
 
-    last_path = model_dir / ckpt_io.LAST
-    if opts.resume not in (False, "false") and last_path.exists():
-        state = ckpt_io.load(last_path, map_location=device)
-        why = ckpt_io.incompatibilities(state, config, shards.index_sha256, RESUME_FREE_FIELDS)
-        if why and opts.resume is True:
-            raise FerpipeError(f"cannot resume from {last_path}: " + "; ".join(why))
-        if why:
-            log.warning("not resuming from %s (%s); starting fresh", last_path, "; ".join(why))
-        else:
-            model.load_state_dict(state["model"])
-            if state.get("criterion"):
-                criterion.load_state_dict(state["criterion"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if scaler is not None and state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            ckpt_io.set_rng_state(state["rng"], generator)
-            history, best = list(state["history"]), dict(state["best"])
-            start_epoch = int(state["epoch"]) + 1
-            resumed_from = int(state["epoch"])
-            log.info("resumed from %s at epoch %d", last_path, resumed_from)
-    elif opts.resume is True:
-        raise FerpipeError(f"train.resume is true but there is no {last_path} to resume from")
+def _resume(run: _Run) -> None:
+    """Continue from ``last.pt`` when ``opts.resume`` asks and the checkpoint is compatible
+    (``auto``: an incompatible one is a warning and a fresh start; ``True``: an error)."""
+    last_path, resume = run.last_path, run.opts.resume
+    if resume in (False, "false") or not last_path.exists():
+        if resume is True:
+            raise FerpipeError(f"train.resume is true but there is no {last_path} to resume from")
+        return
+    state = ckpt_io.load(last_path, map_location=run.device)
+    why = ckpt_io.incompatibilities(state, run.config, run.shards.index_sha256, RESUME_FREE_FIELDS)
+    if why and resume is True:
+        raise FerpipeError(f"cannot resume from {last_path}: " + "; ".join(why))
+    if why:
+        log.warning("not resuming from %s (%s); starting fresh", last_path, "; ".join(why))
+        return
+    run.model.load_state_dict(state["model"])
+    if state.get("criterion"):
+        run.criterion.load_state_dict(state["criterion"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if run.scaler is not None and state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    ckpt_io.set_rng_state(state["rng"], run.generator)
+    run.history, run.best = list(state["history"]), dict(state["best"])
+    run.start_epoch = int(state["epoch"]) + 1
+    run.resumed_from = int(state["epoch"])
+    log.info("resumed from %s at epoch %d", last_path, run.resumed_from)
 
-    net: nn.Module = model
-    if world > 1:
+
+def _wrap_for_training(run: _Run) -> nn.Module:
+    """The module the steps call: the model, in DDP across ranks, compiled when asked."""
+    net: nn.Module = run.model
+    if run.world > 1:
         # find_unused_parameters: some architectures own parameters a given loss never reaches
         # (ORSANet's landmark-half scale in its last block); the trainer must not know which.
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                                  find_unused_parameters=True)
-    if cfg.compile:
+        net = nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None,
+            find_unused_parameters=True)
+    if run.cfg.compile:
         try:
             net = torch.compile(net)
         except Exception as exc:  # noqa: BLE001 - compile is an optimisation, never a requirement
             warnings.warn(f"torch.compile failed ({exc}); training uncompiled")
+    return net
 
-    base_aug = D.augment_for(cfg.to_dict(), prior_kind)
-    reads: list[tuple[int, str]] = []
-    seen: list[str] = []
-    images = 0
-    resampled = world > 1
-    label_w = D.class_weights(index.labels, num_classes) if cfg.sampler == "rebalance" else None
-    nbatches = math.ceil(len(index) / (world * cfg.batch_size)) if resampled else None
-    if cfg.max_steps_per_epoch and nbatches:
-        nbatches = min(nbatches, cfg.max_steps_per_epoch)
 
-    # One loader for the whole run: its workers persist across epochs and build each epoch's
-    # pipeline (augmentation epoch, rebalancing draws) themselves.
-    loader = D.EpochLoader(functools.partial(
-        D.train_epoch_pipeline, urls=train_urls, aug=base_aug, batch_size=cfg.batch_size, seed=cfg.seed,
-        index=index if cfg.sampler == "rebalance" and not resampled else None, num_classes=num_classes,
-        label_weights=label_w, rank=rank, world=world, resampled=resampled, shuffle_buffer=cfg.shuffle_buffer,
-        drop_last=cfg.drop_last), opts.num_workers, nbatches=nbatches, pin_memory=device.type == "cuda",
-        generator=generator)
-    # The persistent workers stop here whatever happens (an early stop, a NaN loss), not when
-    # the loader is garbage-collected: a long process (a test session) would pile them up.
-    try:
-        for epoch in range(start_epoch, cfg.epochs + 1):
-            t0 = time.perf_counter()
-            criterion.set_epoch(epoch)
-            aug = D.Augment(**{**base_aug.__dict__, "epoch": epoch})
-            net.train()
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            n_seen = 0
-            # Rebalancing draws len(index) samples per epoch too, so this is each rank's share either way.
-            samples = len(index) // world
-            progress = _epoch_progress(opts, rank, epoch, cfg.epochs,
-                                       nbatches or steps_per_epoch(samples, cfg.batch_size, cfg.drop_last,
-                                                                   cfg.max_steps_per_epoch))
-            for step, batch in enumerate(loader.epoch(epoch), start=1):
-                if cfg.max_steps_per_epoch and step > cfg.max_steps_per_epoch:
-                    break
-                img, priors, y = _to_device(batch, device, cfg.channels_last, device.type == "cuda")
-                img, y = _flatten_crops(img, y)
-                loss = _train_step(net, optimizer, scaler, criterion, img, priors, y, device, amp_dtype,
-                                   epoch, step, batch["key"])
-                loss_sum += loss.detach().double() * len(y)
-                n_seen += len(y)
-                if progress is not None:
-                    progress.update(len(y), loss_sum)
-                if opts.record_keys:
-                    seen.extend(batch["key"])
-            if progress is not None:
-                progress.close()
-            # The training steps alone (loader waits included, validation not): what the loader
-            # benchmark's step figure is compared with.
-            train_images_per_s = n_seen / max(time.perf_counter() - t0, 1e-9)
-            scheduler.step()
-            criterion.end_epoch(EpochContext(
-                epoch=epoch, model=model, device=device, num_classes=num_classes,
-                train_batches=functools.partial(_plain_train_batches, train_urls, aug, cfg, opts.num_workers, device,
-                                                rank, world)))
-            if world > 1:
-                # DDP broadcasts buffers at the start of each forward, so after the last step every
-                # rank holds BN running statistics of its own last batch: take rank 0's, as the
-                # next forward would, so evaluation and checkpoints agree on every rank.
-                with torch.no_grad():
-                    for b in model.buffers():
-                        dist.broadcast(b, 0)
-            images += n_seen
-            train_loss = float(loss_sum.item() / max(n_seen, 1))
-            val = evaluate(model, val_urls, aug, num_classes, cfg.eval_batch_size, opts.num_workers, device,
-                           amp_dtype, cfg.channels_last)
-            reads.append((epoch, "val"))
-            improved = val["acc"] > best["value"]
-            if improved:
-                best = {"metric": SELECT_METRIC, "value": val["acc"], "epoch": epoch}
-            info = {"epoch": epoch, "epochs": cfg.epochs, "train_loss": train_loss, "val_acc": val["acc"],
-                    "val_macro_f1": val["macro_f1"], "val_loss": val["loss"],
-                    "lr": float(scheduler.get_last_lr()[0]), "seconds": time.perf_counter() - t0,
-                    "images_per_s": n_seen / max(time.perf_counter() - t0, 1e-9),
-                    "train_images_per_s": train_images_per_s, "best_epoch": best["epoch"],
-                    "best_val_acc": best["value"], "improved": improved}
-            history.append({k: v for k, v in info.items() if k != "epochs"})
-            if rank == 0:
-                state = {
-                    "format": ckpt_io.FORMAT, "epoch": epoch, "model": ckpt_io.unwrap(model).state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                    "criterion": criterion.state_dict(),
-                    "sampler": {"kind": cfg.sampler, "seed": cfg.seed, "epoch": epoch,
-                                "mode": "resampled" if resampled else "exact",
-                                "class_counts": class_counts.tolist()},
-                    "rng": ckpt_io.rng_state(generator), "label_space": shards.label_space, "config": config,
-                    "params": params or {}, "model_name": cfg.model, "model_kwargs": kwargs,
-                    "data": {"root": str(shards.root), "prior_kind": shards.prior_kind,
-                             "index_sha256": shards.index_sha256, "counts": shards.counts},
-                    "best": best, "history": history, "val": val,
-                }
-                if preprocess is not None:
-                    state["preprocess"] = preprocess
-                if improved:
-                    ckpt_io.save_atomic(state, model_dir / ckpt_io.BEST)
-                ckpt_io.save_atomic(state, last_path)  # last: a crash mid-write never loses best
-            if world > 1:
-                dist.barrier()
-            for cb in opts.callbacks:
-                cb(info)
-            if opts.progress and rank == 0:
-                log.info("epoch %d/%d loss %.4f val acc %.4f (best %.4f @%d) %.1fs", epoch, cfg.epochs, train_loss,
-                         val["acc"], best["value"], best["epoch"], info["seconds"])
-            if opts.stop_after_epoch is not None and epoch >= opts.stop_after_epoch and epoch < cfg.epochs:
-                return TrainResult(model_dir=model_dir, epochs=cfg.epochs, best=best, history=history, test={},
-                                   val_at_best={}, resumed_from=resumed_from,
-                                   seconds=time.perf_counter() - t_start, images=images,
-                                   label_space=shards.label_space, model_kwargs=kwargs, reads=reads, seen_keys=seen,
-                                   weights_sha256=state_digest(model), completed=False, rank=rank, world=world)
-    finally:
-        loader.close()
-    digest = state_digest(model)
-    if world > 1:
-        # Every rank must end with the same weights (DDP all-reduces gradients; BN buffers are
-        # broadcast above): a divergence means a rank saw a different step count or a bug.
-        digests: list[str] = [""] * world
-        dist.all_gather_object(digests, digest)
-        if len(set(digests)) != 1:
-            raise FerpipeError(f"DDP ranks ended with different weights (digests {digests}); "
-                               f"the checkpoint in {model_dir} is rank 0's")
+def _steps_per_epoch(run: _Run) -> int | None:
+    """Every rank's batch count when shards are resampled (DDP), else None (the data decides)."""
+    if not run.resampled:
+        return None
+    nbatches = math.ceil(len(run.index) / (run.world * run.cfg.batch_size))
+    if run.cfg.max_steps_per_epoch and nbatches:
+        nbatches = min(nbatches, run.cfg.max_steps_per_epoch)
+    return nbatches
 
-    # Test: once, at the end, with the best-val weights.
-    best_path = model_dir / ckpt_io.BEST
+
+def _train_loader(run: _Run) -> D.EpochLoader:
+    """One loader for the whole run: its workers persist across epochs and build each epoch's
+    pipeline (augmentation epoch, rebalancing draws) themselves."""
+    cfg = run.cfg
+    rebalance = cfg.sampler == "rebalance"
+    label_w = D.class_weights(run.index.labels, run.num_classes) if rebalance else None
+    return D.EpochLoader(functools.partial(
+        D.train_epoch_pipeline, urls=run.shards.urls("train"), aug=run.base_aug, batch_size=cfg.batch_size,
+        seed=cfg.seed, index=run.index if rebalance and not run.resampled else None, num_classes=run.num_classes,
+        label_weights=label_w, rank=run.rank, world=run.world, resampled=run.resampled,
+        shuffle_buffer=cfg.shuffle_buffer, drop_last=cfg.drop_last), run.opts.num_workers,
+        nbatches=_steps_per_epoch(run), pin_memory=run.device.type == "cuda", generator=run.generator)
+
+
+def _train_epoch(run: _Run, loader: D.EpochLoader, epoch: int) -> tuple[int, torch.Tensor, float]:
+    """One epoch of optimiser steps: (samples seen, summed loss, training images per second)."""
+    t0 = time.perf_counter()
+    cfg, device = run.cfg, run.device
+    run.criterion.set_epoch(epoch)
+    run.net.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    n_seen = 0
+    # Rebalancing draws len(index) samples per epoch too, so this is each rank's share either way.
+    samples = len(run.index) // run.world
+    progress = _epoch_progress(run.opts, run.rank, epoch, cfg.epochs,
+                               _steps_per_epoch(run) or steps_per_epoch(samples, cfg.batch_size, cfg.drop_last,
+                                                                        cfg.max_steps_per_epoch))
+    for step, batch in enumerate(loader.epoch(epoch), start=1):
+        if cfg.max_steps_per_epoch and step > cfg.max_steps_per_epoch:
+            break
+        img, priors, y = _to_device(batch, device, cfg.channels_last, device.type == "cuda")
+        img, y = _flatten_crops(img, y)
+        loss = _train_step(run.net, run.optimizer, run.scaler, run.criterion, img, priors, y, device,
+                           run.amp_dtype, epoch, step, batch["key"])
+        loss_sum += loss.detach().double() * len(y)
+        n_seen += len(y)
+        if progress is not None:
+            progress.update(len(y), loss_sum)
+        if run.opts.record_keys:
+            run.seen.extend(batch["key"])
+    if progress is not None:
+        progress.close()
+    # The training steps alone (loader waits included, validation not): what the loader
+    # benchmark's step figure is compared with.
+    return n_seen, loss_sum, n_seen / max(time.perf_counter() - t0, 1e-9)
+
+
+def _end_epoch(run: _Run, epoch: int, aug: D.Augment) -> None:
+    """The scheduler's step, the criterion's end-of-epoch pass, and (DDP) one set of BN buffers."""
+    run.scheduler.step()
+    run.criterion.end_epoch(EpochContext(
+        epoch=epoch, model=run.model, device=run.device, num_classes=run.num_classes,
+        train_batches=functools.partial(_plain_train_batches, run.shards.urls("train"), aug, run.cfg,
+                                        run.opts.num_workers, run.device, run.rank, run.world)))
+    if run.world > 1:
+        # DDP broadcasts buffers at the start of each forward, so after the last step every
+        # rank holds BN running statistics of its own last batch: take rank 0's, as the
+        # next forward would, so evaluation and checkpoints agree on every rank.
+        with torch.no_grad():
+            for b in run.model.buffers():
+                dist.broadcast(b, 0)
+
+
+def _validate(run: _Run, epoch: int, aug: D.Augment, t0: float, n_seen: int, train_loss: float,
+              train_images_per_s: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Evaluate on val, move the best epoch, and record the epoch in the history:
+    (val metrics, the epoch's info for callbacks)."""
+    val = run.evaluate_on(run.shards.urls("val"), aug)
+    run.reads.append((epoch, "val"))
+    improved = val["acc"] > run.best["value"]
+    if improved:
+        run.best = {"metric": SELECT_METRIC, "value": val["acc"], "epoch": epoch}
+    info = {"epoch": epoch, "epochs": run.cfg.epochs, "train_loss": train_loss, "val_acc": val["acc"],
+            "val_macro_f1": val["macro_f1"], "val_loss": val["loss"],
+            "lr": float(run.scheduler.get_last_lr()[0]), "seconds": time.perf_counter() - t0,
+            "images_per_s": n_seen / max(time.perf_counter() - t0, 1e-9),
+            "train_images_per_s": train_images_per_s, "best_epoch": run.best["epoch"],
+            "best_val_acc": run.best["value"], "improved": improved}
+    run.history.append({k: v for k, v in info.items() if k != "epochs"})
+    return val, info
+
+
+def _save_checkpoints(run: _Run, epoch: int, val: dict[str, Any], improved: bool,
+                      params: dict[str, Any] | None, preprocess: dict[str, Any] | None) -> None:
+    """``last.pt`` every epoch and ``best.pt`` when val improved (rank 0 only), both written atomically."""
+    cfg, shards = run.cfg, run.shards
+    state = {
+        "format": ckpt_io.FORMAT, "epoch": epoch, "model": ckpt_io.unwrap(run.model).state_dict(),
+        "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+        "criterion": run.criterion.state_dict(),
+        "sampler": {"kind": cfg.sampler, "seed": cfg.seed, "epoch": epoch,
+                    "mode": "resampled" if run.resampled else "exact",
+                    "class_counts": run.index.class_counts(run.num_classes).tolist()},
+        "rng": ckpt_io.rng_state(run.generator), "label_space": shards.label_space, "config": run.config,
+        "params": params or {}, "model_name": cfg.model, "model_kwargs": run.kwargs,
+        "data": {"root": str(shards.root), "prior_kind": shards.prior_kind,
+                 "index_sha256": shards.index_sha256, "counts": shards.counts},
+        "best": run.best, "history": run.history, "val": val,
+    }
+    if preprocess is not None:
+        state["preprocess"] = preprocess
+    if improved:
+        ckpt_io.save_atomic(state, run.model_dir / ckpt_io.BEST)
+    ckpt_io.save_atomic(state, run.last_path)  # last: a crash mid-write never loses best
+
+
+def _after_epoch(run: _Run, info: dict[str, Any]) -> None:
+    """Wait for rank 0's checkpoints, then tell the callbacks and the log."""
+    if run.world > 1:
+        dist.barrier()
+    for cb in run.opts.callbacks:
+        cb(info)
+    if run.opts.progress and run.rank == 0:
+        log.info("epoch %d/%d loss %.4f val acc %.4f (best %.4f @%d) %.1fs", info["epoch"], run.cfg.epochs,
+                 info["train_loss"], info["val_acc"], run.best["value"], run.best["epoch"], info["seconds"])
+
+
+def _check_ranks_agree(run: _Run, digest: str) -> None:
+    """Every rank must end with the same weights (DDP all-reduces gradients; BN buffers are
+    broadcast each epoch): a divergence means a rank saw a different step count or a bug."""
+    if run.world == 1:
+        return
+    digests: list[str] = [""] * run.world
+    dist.all_gather_object(digests, digest)
+    if len(set(digests)) != 1:
+        raise FerpipeError(f"DDP ranks ended with different weights (digests {digests}); "
+                           f"the checkpoint in {run.model_dir} is rank 0's")
+
+
+def _final_test(run: _Run, digest: str) -> TrainResult:
+    """Test: once, at the end, with the best-val weights."""
+    best_path = run.model_dir / ckpt_io.BEST
     if best_path.exists():
-        best_state = ckpt_io.load(best_path, map_location=device)
-        model.load_state_dict(best_state["model"])
+        best_state = ckpt_io.load(best_path, map_location=run.device)
+        run.model.load_state_dict(best_state["model"])
         val_at_best = best_state.get("val", {})
     else:
         val_at_best = {}
-    aug = D.Augment(**{**base_aug.__dict__, "epoch": cfg.epochs})
-    test = evaluate(model, test_urls, aug, num_classes, cfg.eval_batch_size, opts.num_workers, device,
-                    amp_dtype, cfg.channels_last)
-    reads.append((cfg.epochs, "test"))
-    return TrainResult(model_dir=model_dir, epochs=cfg.epochs, best=best, history=history, test=test,
-                       val_at_best=val_at_best, resumed_from=resumed_from,
-                       seconds=time.perf_counter() - t_start, images=images, label_space=shards.label_space,
-                       model_kwargs=kwargs, reads=reads, seen_keys=seen, weights_sha256=digest,
-                       rank=rank, world=world, num_params=sum(p.numel() for p in model.parameters()))
+    test = run.evaluate_on(run.shards.urls("test"), run.aug_at(run.cfg.epochs))
+    run.reads.append((run.cfg.epochs, "test"))
+    return run.result(test, val_at_best, digest, num_params=sum(p.numel() for p in run.model.parameters()))
 
 
 def _epoch_progress(opts: RunOptions, rank: int, epoch: int, epochs: int, steps: int) -> EpochProgress | None:

@@ -16,6 +16,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ferpipe._registry import Registry
 from ferpipe.errors import ConfigError
 from ferpipe.losses.criterion import create_criterion
 
@@ -80,25 +81,20 @@ class TrainConfig:
 # the finished run computes, or only extend it).
 RESUME_FREE_FIELDS = ("epochs",)
 
-_PRESETS: dict[str, TrainConfig] = {}
+_PRESETS: Registry[TrainConfig] = Registry("preset", ConfigError, "train.preset")
 
 
 def register_preset(name: str, cfg: TrainConfig) -> TrainConfig:
-    if name in _PRESETS:
-        raise ValueError(f"preset {name!r} is registered twice")
-    _PRESETS[name] = dataclasses.replace(cfg, preset=name)
-    return _PRESETS[name]
+    # A fresh copy each time, so registering a name twice is always refused.
+    return _PRESETS.register(name, dataclasses.replace(cfg, preset=name))
 
 
 def list_presets() -> list[str]:
-    return sorted(_PRESETS)
+    return _PRESETS.names()
 
 
 def get_preset(name: str) -> TrainConfig:
-    try:
-        return _PRESETS[name]
-    except KeyError:
-        raise ConfigError(f"train.preset: unknown preset {name!r}; known: {', '.join(list_presets())}") from None
+    return _PRESETS.lookup(name)
 
 
 _ORSANET_FROM_DATA = {"num_classes": "num_classes", "priors": "prior_kind",

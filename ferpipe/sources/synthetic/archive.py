@@ -39,6 +39,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ferpipe.shards import encode_png
+
 from . import face as F
 from . import render as R
 
@@ -127,8 +129,7 @@ def _render_one(job):
     rng = np.random.default_rng(ss)
     sc = R.sample_scene(rng, label, size, R.STYLES[difficulty])
     out = R.render_face(sc, size)
-    ok, png = cv2.imencode(".png", out.parsing, [cv2.IMWRITE_PNG_COMPRESSION, 6])
-    assert ok
+    png = encode_png(out.parsing, compression=6)
     idt = sc.identity
     gender = 0 if idt.beard != "none" else 2
     race = 0 if idt.skin_tone < 1 / 3 else (2 if idt.skin_tone < 2 / 3 else 1)
@@ -143,7 +144,7 @@ def _render_one(job):
         "aus": _jsonable(sc.aus),
         "scene": _jsonable(sc.to_json()),
     }
-    return name, out.jpeg, png.tobytes(), manu, gt
+    return name, out.jpeg, png, manu, gt
 
 
 def _zip_write(path: Path, members: dict[str, bytes]) -> None:

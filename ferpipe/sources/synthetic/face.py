@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ferpipe.ibug68 import FLIP as IBUG68_FLIP
+
 # RAF-DB native labels (1-based) and names; the archive writes these numbers.
 RAF_LABELS: dict[int, str] = {
     1: "Surprise",
@@ -65,34 +67,12 @@ _EYE_L = np.array(  # 36..41: outer corner, upper x2, inner corner, lower x2
         [-0.44, -0.125, 0.06],
     ]
 )
-_MOUTH_OUTER = np.array(  # 48..59
-    [
-        [-0.36, 0.55, 0.10],
-        [-0.24, 0.49, 0.20],
-        [-0.10, 0.45, 0.26],
-        [0.00, 0.47, 0.27],
-        [0.10, 0.45, 0.26],
-        [0.24, 0.49, 0.20],
-        [0.36, 0.55, 0.10],
-        [0.24, 0.62, 0.19],
-        [0.11, 0.665, 0.24],
-        [0.00, 0.675, 0.25],
-        [-0.11, 0.665, 0.24],
-        [-0.24, 0.62, 0.19],
-    ]
-)
-_MOUTH_INNER = np.array(  # 60..67
-    [
-        [-0.30, 0.55, 0.13],
-        [-0.10, 0.538, 0.24],
-        [0.00, 0.540, 0.25],
-        [0.10, 0.538, 0.24],
-        [0.30, 0.55, 0.13],
-        [0.10, 0.556, 0.24],
-        [0.00, 0.558, 0.25],
-        [-0.10, 0.556, 0.24],
-    ]
-)
+# Lip edges by their image-left halves, from the corner side to the midline (see _lip):
+# points 48..51, 59 58 57, 60..62, 67 66.
+_LIP_OUTER_UPPER = np.array([[-0.36, 0.55, 0.10], [-0.24, 0.49, 0.20], [-0.10, 0.45, 0.26], [0.00, 0.47, 0.27]])
+_LIP_OUTER_LOWER = np.array([[-0.24, 0.62, 0.19], [-0.11, 0.665, 0.24], [0.00, 0.675, 0.25]])
+_LIP_INNER_UPPER = np.array([[-0.30, 0.55, 0.13], [-0.10, 0.538, 0.24], [0.00, 0.540, 0.25]])
+_LIP_INNER_LOWER = np.array([[-0.10, 0.556, 0.24], [0.00, 0.558, 0.25]])
 
 
 def _mirror(p: np.ndarray) -> np.ndarray:
@@ -101,12 +81,24 @@ def _mirror(p: np.ndarray) -> np.ndarray:
     return q
 
 
+def _left_to_right(half: np.ndarray) -> np.ndarray:
+    """A contour crossing the midline, from its image-left half (ending on the midline)."""
+    return np.concatenate([half, _mirror(half[:-1])[::-1]])
+
+
+def _lip(upper_half: np.ndarray, lower_half: np.ndarray) -> np.ndarray:
+    """A lip contour in iBUG order (the upper edge from the image-left corner to the image-right
+    one, then the lower edge back, right to left) from the image-left halves of its edges."""
+    return np.concatenate([_left_to_right(upper_half), _left_to_right(lower_half)[::-1]])
+
+
 def _template68() -> np.ndarray:
-    jaw = np.concatenate([_JAW_HALF, _mirror(_JAW_HALF[:-1])[::-1]])  # 0..16
+    jaw = _left_to_right(_JAW_HALF)  # 0..16
     brow_r = _mirror(_BROW_L)[::-1]  # 22..26 inner to outer
     eye_r = _mirror(_EYE_L)[[3, 2, 1, 0, 5, 4]]  # 42 inner, 43, 44, 45 outer, 46, 47
     pts = np.concatenate(
-        [jaw, _BROW_L, brow_r, _NOSE_BRIDGE, _NOSE_BASE, _EYE_L, eye_r, _MOUTH_OUTER, _MOUTH_INNER]
+        [jaw, _BROW_L, brow_r, _NOSE_BRIDGE, _NOSE_BASE, _EYE_L, eye_r,
+         _lip(_LIP_OUTER_UPPER, _LIP_OUTER_LOWER), _lip(_LIP_INNER_UPPER, _LIP_INNER_LOWER)]
     )
     assert pts.shape == (68, 3)
     return pts
@@ -150,21 +142,10 @@ def _d(**moves: tuple[float, float]) -> dict[int, tuple[float, float]]:
 
 def _sym(left: dict[int, tuple[float, float]]) -> dict[int, tuple[float, float]]:
     """Mirror a displacement given for image-left points onto their image-right partners."""
-    partner = {}
-    for i in range(17):
-        partner[i] = 16 - i
-    for a, b in zip(BROW_L, BROW_R[::-1]):
-        partner[a] = b
-    for a, b in zip([36, 37, 38, 39, 40, 41], [45, 44, 43, 42, 47, 46]):
-        partner[a] = b
-    for a, b in zip([31, 32], [35, 34]):
-        partner[a] = b
-    for a, b in zip([48, 49, 50, 59, 58, 60, 61, 67], [54, 53, 52, 55, 56, 64, 63, 65]):
-        partner[a] = b
     out = dict(left)
     for i, (dx, dy) in left.items():
-        j = partner.get(i)
-        if j is not None and j != i:
+        j = int(IBUG68_FLIP[i])
+        if j != i:
             out[j] = (-dx, dy)
     return out
 
