@@ -12,6 +12,7 @@ import contextlib
 import functools
 import logging
 import math
+import random
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -309,6 +310,10 @@ def _setup(cfg: TrainConfig, shards: D.ShardSet, model_dir: Path, opts: RunOptio
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # dropout / drop-path draw from the global RNG; saved in checkpoints
+    # Python's and numpy's global RNGs are saved in checkpoints too (for code that draws from
+    # them): seeded here, two runs of the same params write the same checkpoint bytes.
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
     return _Run(cfg=cfg, shards=shards, opts=opts, model_dir=model_dir, rank=rank, world=world, device=device,
                 amp_dtype=amp_dtype, model=model, kwargs=kwargs, criterion=criterion, optimizer=optimizer,
                 scheduler=scheduler, scaler=scaler, generator=generator, config=cfg.to_dict(),
