@@ -306,25 +306,22 @@ def _run_serve(args: argparse.Namespace) -> int:
         return 0
 
 
-def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "synth":
-        return _run_synth(args)
-    if args.command == "seeds":
-        return _run_seeds(args)
-    if args.command == "serve":
-        return _run_serve(args)
-    if args.command == "predict":
-        return _run_predict(args)
-    if args.command == "export":
-        return _run_export(args)
-    if args.command == "weights":
-        return _run_weights(args)
-    if args.command == "params":
-        from ferpipe.config import load_params, to_dict
+def _run_params(args: argparse.Namespace) -> int:
+    from ferpipe.config import load_params, to_dict
 
-        print(json.dumps(to_dict(load_params(args.params, args.overrides)), indent=2, sort_keys=True))
-        return 0
-    return _run_stage(args)
+    print(json.dumps(to_dict(load_params(args.params, args.overrides)), indent=2, sort_keys=True))
+    return 0
+
+
+# The subcommands that are not pipeline stages; every other one runs a stage.
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "synth": _run_synth, "seeds": _run_seeds, "serve": _run_serve, "predict": _run_predict,
+    "export": _run_export, "weights": _run_weights, "params": _run_params,
+}
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    return _COMMANDS.get(args.command, _run_stage)(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
+from ferpipe._registry import Registry
 from ferpipe.occlusion.face import FaceGeometry
 
 # Skin tones (RGB) for hands: light to dark.
@@ -38,25 +39,18 @@ class Occluder:
 
 
 DrawFn = Callable[[np.random.Generator, FaceGeometry, np.ndarray], Occluder]
-OCCLUDERS: dict[str, DrawFn] = {}
+OCCLUDERS: Registry[DrawFn] = Registry("occluder", ValueError, "occlusion.occluders")
 
 
 def register_occluder(name: str) -> Callable[[DrawFn], DrawFn]:
     def deco(fn: DrawFn) -> DrawFn:
-        if name in OCCLUDERS:
-            raise ValueError(f"occluder {name!r} is registered twice")
-        OCCLUDERS[name] = fn
-        return fn
+        return OCCLUDERS.register(name, fn)
 
     return deco
 
 
 def draw_occluder(name: str, rng: np.random.Generator, geom: FaceGeometry, rgb: np.ndarray) -> Occluder:
-    try:
-        fn = OCCLUDERS[name]
-    except KeyError:
-        raise ValueError(f"unknown occluder {name!r}; known: {sorted(OCCLUDERS)}") from None
-    occ = fn(rng, geom, rgb)
+    occ = OCCLUDERS.lookup(name)(rng, geom, rgb)
     occ.info = {"occluder": name, **occ.info}
     return occ
 
