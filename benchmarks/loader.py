@@ -139,9 +139,10 @@ def member_costs(root: Path, kind: str, size: int, rounds: int) -> dict:
     if kind == "maps":
         fns.update({"png_pil": lambda: [_png_pil(s["parsing.png"]) for s in samples],
                     "png": lambda: [D._png(s["parsing.png"]) for s in samples],
-                    "landmarks_npy": lambda: [D._npy(s["landmarks.npy"]) for s in samples]})
+                    "landmarks_npy": lambda: [shards.decode_npy(s["landmarks.npy"]) for s in samples]})
     else:
-        fns["features_npy"] = lambda: [(D._npy(s["lmk.npy"]), D._npy(s["seg.npy"])) for s in samples]
+        fns["features_npy"] = lambda: [(shards.decode_npy(s["lmk.npy"]), shards.decode_npy(s["seg.npy"]))
+                                       for s in samples]
     outs = [D.transform_sample(s, aug) for s in samples[:32]]
     fns["collate_per_sample"] = lambda: [D.collate(outs) for _ in range(max(1, len(samples) // 32))]
     n = {k: (max(1, len(samples) // 32) * 32 if k == "collate_per_sample" else len(samples)) for k in fns}
