@@ -4,7 +4,7 @@ A stage's ``run(params, layout, progress)`` calls ``progress.start(total, desc)`
 how much work there is (shards, epochs), ``advance(n)`` as it gets done, ``message(text)`` for a
 line worth reading (what was rendered, an epoch's metrics) and ``close()`` at the end. The CLI
 passes :class:`TqdmProgress` (a bar on a terminal, log lines otherwise), tests and library calls
-:class:`NullProgress`, a Prefect flow one that updates a progress artifact (``flows/_stage.py``):
+:class:`NullProgress`, a Prefect flow one that writes to the run's log (``flows/_stage.py``):
 the library never knows which.
 """
 

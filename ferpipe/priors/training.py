@@ -34,7 +34,7 @@ from ferpipe.priors.conventions import (
 from ferpipe.priors.data import FaceSet, lapa_faces, synthetic_faces
 from ferpipe.priors.nets import PriorNet, save_prior_net
 from ferpipe.priors.params import PriorNetsParams
-from ferpipe.progress import NullProgress, Progress
+from ferpipe.progress import Progress, as_progress
 from ferpipe.report import Artifact, markdown, markdown_table, table
 
 PARSER_FILE = "parser.pt"
@@ -316,7 +316,7 @@ class PriorNetsStage:
 
     def run(self, params, layout, progress: Progress | None = None) -> PriorNetsReport:
         return prior_nets_stage(params.prior_nets, layout.models / "prior_nets", root=layout.root,
-                                log=(progress or NullProgress()).message)
+                                log=as_progress(progress).message)
 
 
 PRIOR_NETS = PriorNetsStage()

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from ferpipe.errors import ChecksumError, DataError
 from ferpipe.labels import get_label_space, get_native_map, space_kind, to_canonical
 from ferpipe.layout import Layout
-from ferpipe.progress import NullProgress, Progress
+from ferpipe.progress import Progress, as_progress
 from ferpipe.report import Artifact, markdown, markdown_table, table
 from ferpipe.manifest import (
     STATUS_OK,
@@ -408,7 +408,7 @@ class DownloadStage:
     name = "download"
 
     def run(self, params, layout: Layout, progress: Progress | None = None) -> DownloadReport:
-        return download_stage(params.download, layout, log=(progress or NullProgress()).message)
+        return download_stage(params.download, layout, log=as_progress(progress).message)
 
 
 DOWNLOAD = DownloadStage()

@@ -36,7 +36,7 @@ import torch.distributed as dist
 
 from ferpipe.errors import ConfigError, FerpipeError
 from ferpipe.layout import Layout
-from ferpipe.progress import NullProgress, Progress
+from ferpipe.progress import Progress, as_progress
 from ferpipe.report import Artifact, table
 from ferpipe.shards import write_json_atomic
 from ferpipe.timings import split_run_facts, write_report
@@ -325,7 +325,7 @@ class TrainStage:
             step_callbacks: Sequence[StepCallback] = ()) -> TrainReport:
         """``declared``: params.yaml's whole :class:`Params`, without the run's overrides (see
         :func:`check_replacement`); ``progress`` advances by epoch (``step_callbacks``: within one)."""
-        progress = progress or NullProgress()
+        progress = as_progress(progress)
         train = train_params_for(params)
         progress.start(resolve(train).epochs, f"train {train.dataset}")
 
