@@ -357,3 +357,31 @@ def test_channels_last_detection_equals_facenet_pytorch(astro):
         assert np.abs(d.boxes - np.asarray(b, np.float32)).max() < 1e-2
         assert np.abs(d.points - np.asarray(pt, np.float32)).max() < 1e-2
         assert np.abs(d.scores - np.asarray(p, np.float32)).max() < 1e-5
+
+
+def test_detection_lanes_and_decode_threads_leave_the_bytes_alone(tmp_path, astro):
+    """Lanes detect several batches at once, each with one torch thread: the shards are the same
+    bytes whatever the lanes and decode threads, and torch's thread count is put back."""
+    import torch
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rng = np.random.default_rng(1)
+    entries = []
+    for i in range(12):
+        y, x = rng.integers(0, 80, size=2)
+        crop = cv2.resize(astro[y:y + 300, 80 + x:380 + x], (144 + 16 * (i % 2), 160),
+                          interpolation=cv2.INTER_AREA)  # two sizes: two batch shapes
+        Image.fromarray(crop).save(raw / f"f{i}.jpg", quality=92)
+        entries.append({"key": f"f{i:02d}", "path": f"f{i}.jpg", "label": i % 7})
+    man = write_manifest(tmp_path / "m.parquet", raw, entries)
+    threads_before = torch.get_num_threads()
+    digests = {}
+    for lanes, decoders in ((1, 0), (3, 2)):
+        out = tmp_path / f"out{lanes}"
+        rep = align_stage(man, raw, out, AlignParams(samples_per_shard=6, threads=lanes, decode_workers=decoders,
+                                                     batch_size=2), progress=False)
+        assert rep.images_processed == 12 and sum(c["written"] for c in rep.splits.values()) == 12
+        digests[lanes] = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("*.tar"))}
+        assert torch.get_num_threads() == threads_before
+    assert len(digests[1]) == 2 and digests[1] == digests[3]

@@ -1,7 +1,7 @@
 """Face alignment: batched MTCNN detection, face choice, 5-point similarity warp -> shards.
 
-The names below load lazily: decode worker processes import only
-:mod:`ferpipe.align.decode` (PIL, OpenCV), not scikit-image, torch or the stage.
+The names below load lazily: reading params (``ferpipe.config``) imports neither scikit-image,
+torch nor the stage.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Decoding images as they come in the wild into RGB uint8, plus the detector's copy.
 
-Runs in decode worker processes, so it imports neither torch nor facenet-pytorch. Every
+Runs on the align stage's decode threads; imports neither torch nor facenet-pytorch. Every
 failure is a :class:`DecodeSkip` with a short machine reason (``missing_file``,
 ``corrupt_image``, ``decompression_bomb``, ``sha256_mismatch``), never a crash.
 """
@@ -17,7 +17,6 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ferpipe.orphans import exit_with
 
 # Transparent pixels become this colour: white is how the images are usually shown.
 ALPHA_BACKGROUND = (255, 255, 255)
@@ -182,10 +181,3 @@ def decode_job(job: tuple) -> Decoded:
     elif want_det:
         out.det, out.scale = detection_image(rgb, max_side, min_side)
     return out
-
-
-def init_worker(owner_pid: int | None = None) -> None:
-    # The decode processes share 2 cores with the detector: no thread pools inside them.
-    cv2.setNumThreads(1)
-    if owner_pid is not None:
-        exit_with(owner_pid)  # a killed stage leaves no decode workers behind

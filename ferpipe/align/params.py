@@ -66,9 +66,10 @@ class AlignParams(StrictModel):
     # move from facenet-pytorch's NCHW call by float rounding only (~1e-4 px); that changes some
     # warped pixels, so false gives shards bitwise equal to facenet-pytorch's own detection.
     channels_last: bool = True
-    # torch intra-op threads on the CPU; 0 leaves torch's default.
+    # CPU threads for detection: that many lanes, each detecting its own batch with one torch
+    # thread (0: one lane per usable core). Output bytes do not depend on it.
     threads: int = Field(0, ge=0)
-    # Processes decoding images ahead of the detector; 0 decodes in the main process.
+    # Threads decoding images ahead of the detector; 0 decodes in the stage's own thread.
     decode_workers: int = Field(1, ge=0)
 
     samples_per_shard: int = Field(1000, ge=1)

@@ -1,8 +1,9 @@
 """The align stage: manifest + raw images -> aligned-face WebDataset shards.
 
-Per shard, images are decoded ahead by a small process pool (bounded window, so memory does
-not grow with the dataset), grouped by detection size and detected many per MTCNN forward
-pass; each chosen face is warped from the full-resolution original and written as
+Per shard, images are decoded ahead on a few threads (bounded window, so memory does not grow
+with the dataset), grouped by detection size and detected many per MTCNN forward pass, several
+batches at once on the detection lanes (:class:`~ferpipe.align.detect.DetectionLanes`); each
+chosen face is warped from the full-resolution original and written as
 ``<key>.jpg`` / ``<key>.cls`` / ``<key>.json``. Everything about shards (atomic tars, done
 markers, resume, indexes) is :mod:`ferpipe.shards`.
 """
@@ -15,7 +16,7 @@ import io
 import json
 import os
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,11 +29,12 @@ from ferpipe import shards
 from ferpipe.align import decode as _decode
 from ferpipe.align import warp as _warp
 from ferpipe.align.detect import (
+    DetectionLanes,
     Detections,
-    FaceDetector,
     choose_by_box,
     choose_face,
     empty_detections,
+    snapped_min_face_size,
 )
 from ferpipe.align.params import AlignParams
 from ferpipe.layout import Layout
@@ -140,25 +142,30 @@ def _dataset_box(item: Mapping[str, Any]) -> np.ndarray | None:
 
 
 class _Aligner:
-    """Holds the detector and the decode pool across shards; ``__call__`` is a ShardFn."""
+    """Holds the detection lanes and the decode pool across shards; ``__call__`` is a ShardFn."""
 
     def __init__(self, raw_root: str | Path, params: AlignParams, label_space: Mapping | None,
-                 pool: ProcessPoolExecutor | None = None):
+                 pool: ThreadPoolExecutor | None = None):
         self.raw_root = Path(raw_root)
         self.params = params
         self.label_space_name = str((label_space or {}).get("name", ""))
         self.pool = pool
-        self._detector: FaceDetector | None = None
+        self._lanes: DetectionLanes | None = None
 
     def describe(self) -> str:
         """Besides the params, what decides the output: the label space the labels are in."""
         return self.label_space_name
 
     @property
-    def detector(self) -> FaceDetector:
-        if self._detector is None:
-            self._detector = FaceDetector(self.params)
-        return self._detector
+    def lanes(self) -> DetectionLanes:
+        """Started at the first shard that needs detection: the detector loads meanwhile."""
+        if self._lanes is None:
+            self._lanes = DetectionLanes(self.params)
+        return self._lanes
+
+    def close(self) -> None:
+        if self._lanes is not None:
+            self._lanes.close()
 
     def _needs_detection(self, item: Mapping[str, Any]) -> bool:
         p = self.params
@@ -169,12 +176,15 @@ class _Aligner:
         return True
 
     def _decoded_stream(self, jobs: list[tuple]) -> Iterator[_decode.Decoded]:
-        """Decoded images in job order; at most ~2 batches in flight (bounded memory)."""
+        """Decoded images in job order; at most a batch per lane and one more in flight (bounded
+        memory)."""
         if self.pool is None:
             for j in jobs:
                 yield _decode.decode_job(j)
             return
-        window = max(4, 2 * self.params.batch_size)
+        # Enough decoded ahead to refill every detection lane while the oldest batch finishes.
+        lanes = self._lanes.count if self._lanes is not None else 1
+        window = max(4, (lanes + 1) * self.params.batch_size)
         pending: collections.deque[Future] = collections.deque()
         it = iter(jobs)
         for j in it:
@@ -206,6 +216,7 @@ class _Aligner:
                 jobs.append((i, str(path), it.get("sha256") or None, p.max_image_pixels,
                              p.detect_max_side, p.detect_min_side, self._needs_detection(it),
                              region, p.box_detect_size))
+        lanes = self.lanes if any(j[6] for j in jobs) else None
 
         next_out = 0
         t_det = 0.0
@@ -219,18 +230,27 @@ class _Aligner:
 
         buckets: dict[tuple[int, ...], list[_decode.Decoded]] = {}
         buffered = 0
+        # Batches on the detection lanes, oldest first; their results are finished in order.
+        in_flight: collections.deque[tuple[list[_decode.Decoded], Future]] = collections.deque()
 
-        def flush(shape: tuple[int, ...]) -> None:
-            nonlocal buffered, t_det, n_det
-            group = buckets.pop(shape)
-            buffered -= len(group)
-            t0 = time.perf_counter()
-            dets = self.detector.detect([d.det for d in group])
-            t_det += time.perf_counter() - t0
+        def finish_oldest() -> None:
+            nonlocal t_det, n_det
+            group, fut = in_flight.popleft()
+            dets, seconds = fut.result()
+            t_det += seconds
             n_det += len(group)
             for d, det in zip(group, dets):
                 results[d.index] = self._finish(items[d.index], d, det)
                 d.rgb = d.det = None
+
+        def flush(shape: tuple[int, ...]) -> None:
+            nonlocal buffered
+            group = buckets.pop(shape)
+            buffered -= len(group)
+            assert lanes is not None
+            in_flight.append((group, lanes.submit([d.det for d in group])))
+            while len(in_flight) > lanes.width:
+                finish_oldest()
 
         for d in self._decoded_stream(jobs):
             if not d.ok:
@@ -250,6 +270,8 @@ class _Aligner:
             emit_ready()
         for shape in sorted(buckets, key=lambda s: min(d.index for d in buckets[s])):
             flush(shape)
+        while in_flight:
+            finish_oldest()
         emit_ready()
         assert next_out == len(items), "align: not every item produced a result"
         return {"detected_images": n_det, "detect_seconds": round(t_det, 3)}
@@ -315,7 +337,8 @@ class _Aligner:
         box = _dataset_box(item)
         det = det.scaled(*d.scale).shifted(*d.offset).filtered(p.min_score)
         meta["detect"] = {"scale": _r(d.scale, 6), "size": [int(d.det.shape[1]), int(d.det.shape[0])],
-                          "min_face_size": _r(self.detector.min_face_size(d.det.shape[1], d.det.shape[0]), 3)}
+                          "min_face_size": _r(snapped_min_face_size(d.det.shape[1], d.det.shape[0], p.min_face_frac,
+                                                                     p.min_face_size), 3)}
         if d.offset != (0.0, 0.0):
             meta["detect"]["region_offset"] = _r(d.offset)
         meta["boxes"] = _r(det.boxes)
@@ -413,22 +436,13 @@ def plan_align(manifest_path: str | Path, params: AlignParams,
     return shards.plan_splits(rows, params.samples_per_shard, splits=order), label_space
 
 
-def _make_pool(params: AlignParams) -> ProcessPoolExecutor | None:
+def _make_pool(params: AlignParams) -> ThreadPoolExecutor | None:
     if params.decode_workers <= 0:
         return None
-    import multiprocessing as mp  # noqa: PLC0415
-
-    # spawn, not fork: a fork after OpenCV/torch started their thread pools deadlocks the
-    # child on its first cv2 call. The workers import only ferpipe.align.decode (no torch).
-    return ProcessPoolExecutor(params.decode_workers, mp_context=mp.get_context("spawn"),
-                               initializer=_decode.init_worker, initargs=(os.getpid(),))
-
-
-def _set_threads(params: AlignParams) -> None:
-    if params.threads > 0:
-        import torch  # noqa: PLC0415
-
-        torch.set_num_threads(params.threads)
+    # Threads: Pillow and OpenCV decode and resize without the GIL, and a decoded image is
+    # handed over as it is (a process pickled ~0.4 MB per image through a pipe, and cost a
+    # second of start-up).
+    return ThreadPoolExecutor(params.decode_workers, thread_name_prefix="decode")
 
 
 class AlignStage(ShardedStage):
@@ -445,11 +459,12 @@ class AlignStage(ShardedStage):
 
     @contextmanager
     def worker(self, job: ShardJob) -> Iterator[_Aligner]:
-        _set_threads(job.params)
         pool = _make_pool(job.params)
+        aligner = _Aligner(job.inputs["raw_root"], job.params, job.inputs["label_space"], pool)
         try:
-            yield _Aligner(job.inputs["raw_root"], job.params, job.inputs["label_space"], pool)
+            yield aligner
         finally:
+            aligner.close()
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
 
