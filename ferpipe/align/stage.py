@@ -42,6 +42,10 @@ from ferpipe.report import Artifact, markdown, markdown_table, table
 from ferpipe.sharded import ShardedStage, ShardJob, ShardTotals
 
 STAGE = "align"
+# Part of every shard's fingerprint: changed whenever the detector's float results change for the
+# same params, so a rerun redoes the shards instead of resuming ones made the old way.
+# "one-thread-batches": each batch is detected on one torch thread (the detection lanes).
+DETECTION_NUMERICS = "one-thread-batches"
 GALLERY_LIMIT = 48  # thumbnails inlined in the failure gallery (each ~3 KB of base64)
 
 
@@ -153,8 +157,9 @@ class _Aligner:
         self._lanes: DetectionLanes | None = None
 
     def describe(self) -> str:
-        """Besides the params, what decides the output: the label space the labels are in."""
-        return self.label_space_name
+        """Besides the params, what decides the output: the label space the labels are in, and
+        the detection's numerics (:data:`DETECTION_NUMERICS`)."""
+        return f"{self.label_space_name}/{DETECTION_NUMERICS}"
 
     @property
     def lanes(self) -> DetectionLanes:
