@@ -385,3 +385,18 @@ def test_detection_lanes_and_decode_threads_leave_the_bytes_alone(tmp_path, astr
         digests[lanes] = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("*.tar"))}
         assert torch.get_num_threads() == threads_before
     assert len(digests[1]) == 2 and digests[1] == digests[3]
+
+
+def test_concurrent_shards_share_one_set_of_lanes():
+    """A flow runs shard tasks concurrently in threads: they feed the same lanes (one per core),
+    which the last one to finish closes."""
+    from ferpipe.align.detect import _SHARED, shared_lanes
+
+    p = AlignParams(threads=2)
+    with shared_lanes(p) as first:
+        with shared_lanes(p) as second:
+            assert second is first and first.count == 2
+        assert not first._pool._shutdown  # still in use by the first
+    assert first._pool._shutdown and not _SHARED
+    with shared_lanes(p) as later:
+        assert later is not first

@@ -7,9 +7,10 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -218,6 +219,32 @@ class DetectionLanes:
 
             # set_num_threads on a lane also set the default of threads started later.
             torch.set_num_threads(self._threads_before)
+
+
+_SHARED: dict[str, tuple[DetectionLanes, int]] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+@contextmanager
+def shared_lanes(params: AlignParams) -> Iterator[DetectionLanes]:
+    """The process's detection lanes for ``params``, shared by every user at the same time: shard
+    tasks that a flow runs concurrently in threads feed the same lanes, rather than each bringing
+    one lane per core. The last user to leave closes them."""
+    key = params.model_dump_json()
+    with _SHARED_LOCK:
+        lanes, users = _SHARED.get(key) or (None, 0)
+        if lanes is None:
+            lanes = DetectionLanes(params)
+        _SHARED[key] = (lanes, users + 1)
+    try:
+        yield lanes
+    finally:
+        with _SHARED_LOCK:
+            lanes, users = _SHARED.pop(key)
+            if users > 1:
+                _SHARED[key] = (lanes, users - 1)
+            else:
+                lanes.close()
 
 
 def choose_face(det: Detections, width: int, height: int, params: AlignParams,

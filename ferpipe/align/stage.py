@@ -14,10 +14,9 @@ import base64
 import collections
 import io
 import json
-import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -31,6 +30,7 @@ from ferpipe.align import warp as _warp
 from ferpipe.align.detect import (
     DetectionLanes,
     Detections,
+    shared_lanes,
     choose_by_box,
     choose_face,
     empty_detections,
@@ -155,6 +155,7 @@ class _Aligner:
         self.label_space_name = str((label_space or {}).get("name", ""))
         self.pool = pool
         self._lanes: DetectionLanes | None = None
+        self._exit = ExitStack()
 
     def describe(self) -> str:
         """Besides the params, what decides the output: the label space the labels are in, and
@@ -165,12 +166,11 @@ class _Aligner:
     def lanes(self) -> DetectionLanes:
         """Started at the first shard that needs detection: the detector loads meanwhile."""
         if self._lanes is None:
-            self._lanes = DetectionLanes(self.params)
+            self._lanes = self._exit.enter_context(shared_lanes(self.params))
         return self._lanes
 
     def close(self) -> None:
-        if self._lanes is not None:
-            self._lanes.close()
+        self._exit.close()
 
     def _needs_detection(self, item: Mapping[str, Any]) -> bool:
         p = self.params
