@@ -36,11 +36,6 @@ def task_runner_for(p: FlowsParams) -> TaskRunner | None:
 
     if p.dask_address:
         return DaskTaskRunner(address=p.dask_address)
-    import dask  # noqa: PLC0415
-
-    # Dask starts its workers as daemonic processes, which may not have children; align's decode
-    # pool is a process pool. (A `dask worker` started by hand: DASK_DISTRIBUTED__WORKER__DAEMON=False.)
-    dask.config.set({"distributed.worker.daemon": False})
     return DaskTaskRunner(cluster_kwargs={"n_workers": p.dask_workers,
                                           "threads_per_worker": p.dask_threads_per_worker,
                                           "processes": True})
