@@ -292,18 +292,25 @@ _RESUME_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow
-def test_sigkill_resume_is_byte_identical(odd_raw, tmp_path, astro):
-    raw = tmp_path / "raw"
+def astro_crops(raw: Path, astro: np.ndarray, n: int, seed: int, widths=(160,)) -> list[dict]:
+    """``n`` shifted 160 px-high crops of the astronaut's face as JPEGs in ``raw`` (widths taken in
+    turn), and their manifest entries."""
     raw.mkdir()
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     entries = []
-    for i in range(10):
+    for i in range(n):
         y, x = rng.integers(0, 80, size=2)
-        crop = cv2.resize(astro[y:y + 300, 80 + x:380 + x], (160, 160),
+        crop = cv2.resize(astro[y:y + 300, 80 + x:380 + x], (widths[i % len(widths)], 160),
                           interpolation=cv2.INTER_AREA)
         Image.fromarray(crop).save(raw / f"f{i}.jpg", quality=92)
         entries.append({"key": f"f{i:02d}", "path": f"f{i}.jpg", "label": i % 7})
+    return entries
+
+
+@pytest.mark.slow
+def test_sigkill_resume_is_byte_identical(odd_raw, tmp_path, astro):
+    raw = tmp_path / "raw"
+    entries = astro_crops(raw, astro, 10, seed=0)
     (raw / "bad.jpg").write_bytes(b"nope")
     entries.append({"key": "f99", "path": "bad.jpg"})
     man = write_manifest(tmp_path / "m.parquet", raw, entries)
@@ -365,15 +372,7 @@ def test_detection_lanes_and_decode_threads_leave_the_bytes_alone(tmp_path, astr
     import torch
 
     raw = tmp_path / "raw"
-    raw.mkdir()
-    rng = np.random.default_rng(1)
-    entries = []
-    for i in range(12):
-        y, x = rng.integers(0, 80, size=2)
-        crop = cv2.resize(astro[y:y + 300, 80 + x:380 + x], (144 + 16 * (i % 2), 160),
-                          interpolation=cv2.INTER_AREA)  # two sizes: two batch shapes
-        Image.fromarray(crop).save(raw / f"f{i}.jpg", quality=92)
-        entries.append({"key": f"f{i:02d}", "path": f"f{i}.jpg", "label": i % 7})
+    entries = astro_crops(raw, astro, 12, seed=1, widths=(144, 160))  # two sizes: two batch shapes
     man = write_manifest(tmp_path / "m.parquet", raw, entries)
     threads_before = torch.get_num_threads()
     digests = {}

@@ -30,10 +30,10 @@ from ferpipe.align import warp as _warp
 from ferpipe.align.detect import (
     DetectionLanes,
     Detections,
-    shared_lanes,
     choose_by_box,
     choose_face,
     empty_detections,
+    shared_lanes,
     snapped_min_face_size,
 )
 from ferpipe.align.params import AlignParams
