@@ -15,6 +15,7 @@ from torch import nn
 
 from ._checkpoint import load_ir50
 from ._registry import register_model
+from .layers import PReLU, Subsample
 
 
 class BottleneckIR(nn.Module):
@@ -23,8 +24,8 @@ class BottleneckIR(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, stride: int):
         super().__init__()
         if in_ch == out_ch:
-            # A 1x1 max-pool is a parameter-free strided identity.
-            self.shortcut_layer = nn.MaxPool2d(1, stride)
+            # The release's 1x1 max-pool, a parameter-free strided identity, as a view.
+            self.shortcut_layer = Subsample(stride)
         else:
             self.shortcut_layer = nn.Sequential(
                 nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch)
@@ -32,7 +33,7 @@ class BottleneckIR(nn.Module):
         self.res_layer = nn.Sequential(
             nn.BatchNorm2d(in_ch),
             nn.Conv2d(in_ch, out_ch, 3, 1, 1, bias=False),
-            nn.PReLU(out_ch),
+            PReLU(out_ch),
             nn.Conv2d(out_ch, out_ch, 3, stride, 1, bias=False),
             nn.BatchNorm2d(out_ch),
         )
@@ -68,7 +69,7 @@ class IR50(nn.Module):
         self.out_channels = widths[-1]
         self.num_stages = len(widths)
         self.input_layer = nn.Sequential(
-            nn.Conv2d(3, stem_width, 3, 1, 1, bias=False), nn.BatchNorm2d(stem_width), nn.PReLU(stem_width)
+            nn.Conv2d(3, stem_width, 3, 1, 1, bias=False), nn.BatchNorm2d(stem_width), PReLU(stem_width)
         )
         body, in_ch = [], stem_width
         for width, n in zip(widths, units):

@@ -32,8 +32,9 @@ class SAM(torch.optim.Optimizer):
 
     @torch.no_grad()
     def _grad_norm(self) -> torch.Tensor:
+        # Plain SAM takes the gradient's norm as it is (no ``1.0 * grad`` copy of every tensor).
         norms = [
-            ((torch.abs(p) if g["adaptive"] else 1.0) * p.grad).norm(p=2)
+            (torch.abs(p) * p.grad if g["adaptive"] else p.grad).norm(p=2)
             for g in self.param_groups for p in g["params"] if p.grad is not None
         ]
         if not norms:
@@ -48,7 +49,7 @@ class SAM(torch.optim.Optimizer):
             for p in g["params"]:
                 if p.grad is None:
                     continue
-                e_w = (torch.pow(p, 2) if g["adaptive"] else 1.0) * p.grad * scale.to(p)
+                e_w = (torch.pow(p, 2) * p.grad if g["adaptive"] else p.grad) * scale.to(p)
                 p.add_(e_w)
                 self.state[p]["e_w"] = e_w
         if zero_grad:

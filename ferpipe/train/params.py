@@ -61,6 +61,9 @@ class TrainParams(StrictModel):
     compile: bool = False                                 # torch.compile the model (falls back to eager on failure)
     fused_optimizer: bool = True                          # fused Adam/AdamW/SGD kernels (same math to float rounding, one kernel; 1.3x the CPU step)
     threads: int = Field(0, ge=0)                         # torch intra-op threads on the CPU; 0 = default
+    # glibc keeps freed memory for the next step instead of handing it back (ferpipe.heap): no page
+    # faults on every step's big tensors; the resident size stays at its peak. Same numbers.
+    retain_heap: bool = True
     # Resume from <model_dir>/last.pt: true = must resume (error if impossible); "auto" = resume
     # when last.pt exists and its config is compatible, else start fresh; false = always fresh.
     resume: bool | Literal["auto"] = "auto"

@@ -235,7 +235,8 @@ def train_stage(params: TrainParams, layout: Layout, callbacks: Sequence[EpochCa
         live = _LiveLogger(report_dir / "live", resume=resuming) if rank == 0 else None
         cbs = ([live] if live else []) + (list(callbacks) if rank == 0 else [])
         opts = RunOptions(device=params.device, num_workers=params.num_workers, resume=params.resume,
-                          threads=params.threads, fused_optimizer=params.fused_optimizer, callbacks=cbs,
+                          threads=params.threads, fused_optimizer=params.fused_optimizer,
+                          retain_heap=params.retain_heap, callbacks=cbs,
                           step_callbacks=list(step_callbacks) if rank == 0 else [])
         preprocess = (ckpt_io.preprocess_record(upstream.align, upstream.priors, shards)
                       if upstream is not None else None)
