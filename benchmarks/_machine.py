@@ -81,5 +81,9 @@ def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1)
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
-    return {k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "n": len(v)}
-            for k, v in times.items()}
+    return {k: summarize(v) for k, v in times.items()}
+
+
+def summarize(times: list[float]) -> dict[str, Any]:
+    """Median, fastest and slowest of a list of seconds (the row every timing table uses)."""
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "n": len(times)}

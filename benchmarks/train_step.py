@@ -2,11 +2,14 @@
 
 1. ORSANet large, batch 8, 224 px, SAM (two forward/backward passes per step): cached priors
    (``priors="features"``, lmk/seg tensors as the shards hold them) with the trainer's default
-   settings against the release's online frozen nets (``priors="online"``: MobileFaceNet +
-   SegFace Swin-B inside both passes, NCHW, torch's default Adam). Identical model output is
-   checked first: the features model given the online model's trainable weights and
-   ``compute_priors(x)`` gives the same logits (eval mode); channels-last logits are compared
-   with NCHW ones.
+   settings (channels-last, fused Adam, ``train.retain_heap``) against the release's online
+   frozen nets (``priors="online"``: MobileFaceNet + SegFace Swin-B inside both passes, NCHW,
+   torch's default Adam, glibc's default malloc). Each variant runs in a process of its own
+   (the heap setting is per process); steps go round-robin over them. The release's step is
+   also timed with the retained heap, so the allocator's share of the ratio is on record.
+   Identical model output is checked first: the features model given the online model's
+   trainable weights and ``compute_priors(x)`` gives the same logits (eval mode); channels-last
+   logits are compared with NCHW ones.
 2. The trainer's speed settings one at a time on the same step: channels_last, fused optimiser
    step; torch.compile on the CPU preset model (compiling the large one takes minutes here).
 3. CPU preset (orsanet-cpu, 112 px, batch 32): step time and images/s, NCHW vs channels-last
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import multiprocessing as mp
 import sys
 import tempfile
 import time
@@ -35,8 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _machine import interleaved, machine, write_result  # noqa: E402
+from _machine import interleaved, machine, summarize, write_result  # noqa: E402
 
+from ferpipe.heap import retain_freed_memory  # noqa: E402
 from ferpipe.losses.criterion import create_criterion  # noqa: E402
 from ferpipe.models import create_model  # noqa: E402
 from ferpipe.train import data as D  # noqa: E402
@@ -70,13 +75,96 @@ def _ratio(rows, a, b) -> float:
     return rows[a]["median_s"] / rows[b]["median_s"]
 
 
-def bench_large(batch: int, rounds: int, out: dict, smoke: bool = False) -> None:
-    # Smoke: ORSANet large's trunk and frozen nets with one fusion block (the code path, not the cost).
+# The large step's variants, each timed in a process of its own, so each runs under its own
+# allocator settings: the release's step under glibc's defaults (as its train.py runs), the
+# trainer's defaults with train.retain_heap. name -> (priors, channels_last, fused, retain_heap);
+# None: the trainer's default for that setting.
+LARGE_VARIANTS = {
+    "online_release": ("online", False, False, False),
+    "online_retained_heap": ("online", False, False, True),
+    "features_nchw": ("features", False, False, False),
+    "features_channels_last": ("features", True, False, False),
+    "features_default": ("features", None, None, None),
+}
+
+
+def _large_model(smoke: bool, batch: int):
+    """The seeded inputs and ORSANet large (online), as every process of the benchmark builds them."""
     create = functools.partial(create_model, "orsanet", variant="large", **({"depth": 1} if smoke else {}))
     torch.manual_seed(0)
     x = torch.randn(batch, 3, 224, 224)
     y = torch.randint(0, 7, (batch,))
-    online = create(priors="online").eval()
+    return create, x, y, create(priors="online").eval()
+
+
+def _large_worker(conn, name: str, batch: int, smoke: bool, threads: int) -> None:
+    """One variant's process: build its step, then time one step per request from the parent."""
+    priors, channels_last, fused, retain = LARGE_VARIANTS[name]
+    defaults = RunOptions()
+    channels_last = presets.get_preset("orsanet-large").channels_last if channels_last is None else channels_last
+    fused = defaults.fused_optimizer if fused is None else fused
+    retain = defaults.retain_heap if retain is None else retain
+    if threads:
+        torch.set_num_threads(threads)
+    if retain:
+        retain_freed_memory()  # what the trainer's _setup does
+    create, x, y, online = _large_model(smoke, batch)
+    if priors == "online":
+        model, inputs = online, [x]
+    else:
+        with torch.no_grad():
+            lmk, seg = online.compute_priors(x)
+        model = create(priors="features")
+        model.load_state_dict(online.state_dict(), strict=False)
+        del online
+        # Cached priors arrive as fp16 from the shards and are cast to float on the device, as the loop does.
+        inputs = [x, lmk.half().float(), seg.half().float()]
+    step = sam_step(model, inputs, y, channels_last=channels_last, fused=fused)
+    conn.send({"channels_last": channels_last, "fused_optimizer": fused, "retain_heap": retain})
+    while conn.recv():
+        t0 = time.perf_counter()
+        step()
+        conn.send(time.perf_counter() - t0)
+    conn.close()
+
+
+def _timed_in_processes(names, batch: int, rounds: int, warmup: int, smoke: bool, threads: int):
+    """Round-robin steps (A, B, A, B, ...) over one process per variant; each step is timed in
+    its own process. Returns (timing rows, each variant's settings)."""
+    ctx = mp.get_context("spawn")  # fresh interpreters: glibc's malloc settings are per process
+    workers = {}
+    try:
+        for name in names:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_large_worker, args=(child, name, batch, smoke, threads), daemon=True)
+            proc.start()
+            workers[name] = (proc, parent)
+        settings = {name: conn.recv() for name, (_, conn) in workers.items()}  # built one by one
+        times = {name: [] for name in names}
+        for r in range(warmup + rounds):
+            for name, (_, conn) in workers.items():
+                conn.send(True)
+                seconds = conn.recv()
+                if r >= warmup:
+                    times[name].append(seconds)
+        return {k: summarize(v) for k, v in times.items()}, settings
+    except EOFError as exc:
+        dead = [n for n, (p, _) in workers.items() if not p.is_alive()]
+        raise RuntimeError(f"benchmark process(es) {dead} died (memory?)") from exc
+    finally:
+        for proc, conn in workers.values():
+            try:
+                conn.send(False)
+            except OSError:
+                pass
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+
+
+def bench_large(batch: int, rounds: int, out: dict, smoke: bool = False, threads: int = 1) -> None:
+    # Smoke: ORSANet large's trunk and frozen nets with one fusion block (the code path, not the cost).
+    create, x, y, online = _large_model(smoke, batch)
     feats = create(priors="features").eval()
     feats.load_state_dict(online.state_dict(), strict=False)
     with torch.no_grad():
@@ -92,49 +180,37 @@ def bench_large(batch: int, rounds: int, out: dict, smoke: bool = False) -> None
     out["large_logits_max_abs"] = ref.abs().max().item()
     print(f"large: |online(x) - features(x, priors(x))|_max = {diff:.2e}; channels_last vs NCHW logits "
           f"{diff_cl:.2e} (logits up to {out['large_logits_max_abs']:.2f})")
-    # Cached priors arrive as fp16 from the shards and are cast to float on the device, as the loop does.
-    lmk, seg = lmk.half().float(), seg.half().float()
-    default = presets.get_preset("orsanet-large")
-    fused_default = RunOptions().fused_optimizer
-    models = {}
-    for name in ("features_nchw", "features_channels_last", "features_default"):
-        m = create(priors="features")
-        m.load_state_dict(feats.state_dict())
-        models[name] = m
-    fns = {
-        "online_release": sam_step(online, [x], y),
-        "features_nchw": sam_step(models["features_nchw"], [x, lmk, seg], y),
-        "features_channels_last": sam_step(models["features_channels_last"], [x, lmk, seg], y, channels_last=True),
-        # the trainer's defaults: the preset's channels_last, train.fused_optimizer
-        "features_default": sam_step(models["features_default"], [x, lmk, seg], y,
-                                     channels_last=default.channels_last, fused=fused_default),
-    }
+    del online, feats, cl
+    names = list(LARGE_VARIANTS)
     if smoke:
         # Smoke: the online step (two Swin-B passes per step) is built and its output checked
         # above, but not timed: it alone would take most of the smoke budget.
-        del fns["online_release"]
+        names = [n for n in names if not n.startswith("online")]
         out["large_online_step_skipped"] = "--smoke"
-    rows = interleaved(fns, rounds, warmup=0 if smoke else 1)
-    r = out["large"] = {"batch": batch, "rounds": rounds, "default_channels_last": default.channels_last,
-                        "default_fused_optimizer": fused_default, "sam_step": rows,
+    rows, settings = _timed_in_processes(names, batch, rounds, 0 if smoke else 1, smoke, threads)
+    r = out["large"] = {"batch": batch, "rounds": rounds, "variants": settings, "sam_step": rows,
+                        "timing": "one process per variant, steps round-robin, each timed in its process",
                         "channels_last_gain": _ratio(rows, "features_nchw", "features_channels_last"),
-                        "fused_gain": _ratio(rows, "features_channels_last", "features_default"),
+                        "fused_and_heap_gain": _ratio(rows, "features_channels_last", "features_default"),
                         "defaults_gain": _ratio(rows, "features_nchw", "features_default")}
     # Ratios of the fastest round too: on a shared machine the least-disturbed round is the
     # closest to the step's own cost.
-    r["min_based"] = {"channels_last_gain": rows["features_nchw"]["min_s"] / rows["features_channels_last"]["min_s"],
-                      "defaults_gain": rows["features_nchw"]["min_s"] / rows["features_default"]["min_s"]}
+    mins = {k: v["min_s"] for k, v in rows.items()}
+    r["min_based"] = {"channels_last_gain": mins["features_nchw"] / mins["features_channels_last"],
+                      "defaults_gain": mins["features_nchw"] / mins["features_default"]}
     msg = ""
     if "online_release" in rows:
-        r["min_based"]["cached_default_vs_online_release"] = (rows["online_release"]["min_s"]
-                                                              / rows["features_default"]["min_s"])
-        r["cached_default_vs_online_release"] = _ratio(rows, "online_release", "features_default")
+        for key, online_name in (("cached_default_vs_online_release", "online_release"),
+                                 ("cached_default_vs_online_same_heap", "online_retained_heap")):
+            r[key] = _ratio(rows, online_name, "features_default")
+            r["min_based"][key] = mins[online_name] / mins["features_default"]
         r["cached_nchw_vs_online_release"] = _ratio(rows, "online_release", "features_nchw")
         msg = (f"online (release) {rows['online_release']['median_s']:.2f}s -> cached default "
-               f"x{r['cached_default_vs_online_release']:.2f} the release (NCHW x{r['cached_nchw_vs_online_release']:.2f}); ")
+               f"x{r['cached_default_vs_online_release']:.2f} the release (x{r['cached_default_vs_online_same_heap']:.2f} "
+               f"against the release given the same heap setting; cached NCHW x{r['cached_nchw_vs_online_release']:.2f}); ")
     print(f"large SAM step, batch {batch}: {msg}cached NCHW {rows['features_nchw']['median_s']:.2f}s, cached default "
           f"{rows['features_default']['median_s']:.2f}s (channels_last x{r['channels_last_gain']:.2f}, "
-          f"then fused Adam x{r['fused_gain']:.2f})")
+          f"then fused Adam + retained heap x{r['fused_and_heap_gain']:.2f})")
 
 
 def cpu_preset_batch(shards: D.ShardSet, batch: int, cfg=None):
@@ -223,7 +299,7 @@ def main(argv=None) -> int:
     if args.skip_large:
         out["large_skipped"] = "--skip-large"
     else:
-        bench_large(args.batch_large, args.steps, out, smoke=args.smoke)
+        bench_large(args.batch_large, args.steps, out, smoke=args.smoke, threads=args.threads)
     print(f"wrote {write_result(args.out, out)}")
     return 0
 

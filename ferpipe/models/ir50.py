@@ -15,7 +15,7 @@ from torch import nn
 
 from ._checkpoint import load_ir50
 from ._registry import register_model
-from .layers import PReLU, Subsample
+from .layers import PReLU
 
 
 class BottleneckIR(nn.Module):
@@ -24,8 +24,8 @@ class BottleneckIR(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, stride: int):
         super().__init__()
         if in_ch == out_ch:
-            # The release's 1x1 max-pool, a parameter-free strided identity, as a view.
-            self.shortcut_layer = Subsample(stride)
+            # A 1x1 max-pool is a parameter-free strided identity.
+            self.shortcut_layer = nn.MaxPool2d(1, stride)
         else:
             self.shortcut_layer = nn.Sequential(
                 nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch)
