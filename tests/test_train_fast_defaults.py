@@ -107,3 +107,19 @@ def test_fused_optimizer_step_matches_the_per_tensor_loop(name):
                 opt.step()
         after.append(torch.cat([p.detach().reshape(-1) for p in m.parameters()]))
     assert torch.allclose(after[0], after[1], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("retain", [True, False])
+def test_the_trainer_keeps_freed_memory_for_the_next_step_unless_told_not_to(retain, tmp_path, monkeypatch):
+    from ferpipe.train import data as D
+    from ferpipe.train import loop
+    from ferpipe.train.fixtures import write_random_priors
+
+    assert TrainParams().retain_heap is True and loop.RunOptions().retain_heap is True
+    calls = []
+    monkeypatch.setattr(loop, "retain_freed_memory", lambda: calls.append("retain") or True)
+    shards = D.probe_shards(write_random_priors(tmp_path / "p", "maps", counts=(8, 4, 4), size=112,
+                                                samples_per_shard=8))
+    loop._setup(presets.resolve(TrainParams()), shards, tmp_path / "m",
+                loop.RunOptions(device="cpu", retain_heap=retain), 0.0)
+    assert calls == (["retain"] if retain else [])
