@@ -275,7 +275,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (0: torch's default; 1 by default: on a shared 2-core box two "
                          "OpenMP threads spin-wait on each other and step times swing 10x)")
-    ap.add_argument("--batch-large", type=int, default=8)
+    ap.add_argument("--batch-large", type=int, default=8,
+                    help="ORSANet-large batch (8 by default; the orsanet-large preset trains with 20)")
     ap.add_argument("--skip-large", action="store_true")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile on the CPU preset")
     ap.add_argument("--out", default=str(RESULTS))
